@@ -1,0 +1,131 @@
+"""The only place that reads the config and turns it into objects."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric import Fabric
+
+from csfl_fabric.callbacks.progress import RichProgress
+from csfl_fabric.config import Config, to_dict
+from csfl_fabric.data.datasets import FederatedDataset
+from csfl_fabric.data.store import ClientStore
+from csfl_fabric.errors import ConfigError
+from csfl_fabric.loggers import CSVMetricsLogger, WandbLogger
+from csfl_fabric.orchestrator import Orchestrator, RoundSettings
+from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS
+from csfl_fabric.trainer import ClientTrainer, TrainSettings
+
+
+def stream(seed: int, name: str) -> np.random.Generator:
+    """An independent generator for one stochastic component (``"partition"``, ``"selection"``, ...).
+
+    Streams are keyed by name, so adding a stream or changing the model never changes which clients
+    a seed partitions or selects.
+
+    >>> bool(stream(0, "selection").integers(1 << 30) == stream(0, "selection").integers(1 << 30))
+    True
+    """
+    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode())]))
+
+
+def run_name(config: Config) -> str:
+    """The run directory's name: ``logging.run_name`` or ``<selector>-seed<k>``."""
+    return config.logging.run_name or f"{config.selector.name}-seed{config.seed}"
+
+
+def fresh_run_dir(config: Config) -> Path:
+    """``runs/<experiment>/<run>/``, with a numeric suffix if that directory already holds a run."""
+    base = Path(config.logging.dir) / config.experiment / run_name(config)
+    path, n = base, 1
+    while path.exists() and any(path.iterdir()):
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
+@dataclass
+class Run:
+    """Everything `build_run` made; ``orchestrator.run()`` starts it."""
+
+    config: Config
+    fabric: Fabric
+    dataset: FederatedDataset
+    orchestrator: Orchestrator
+    run_dir: Path
+    callbacks: list[Any] = field(default_factory=list)
+
+
+def build_fabric(config: Config, callbacks: Sequence[Any] = (), loggers: Sequence[Any] = ()) -> Fabric:
+    """The run's Fabric from the `fabric:` section."""
+    f = config.fabric
+    return Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes, strategy=f.strategy,
+                  precision=f.precision, callbacks=list(callbacks), loggers=list(loggers))  # type: ignore[arg-type]
+
+
+def build_dataset(config: Config) -> tuple[FederatedDataset, list[np.ndarray]]:
+    """Load the dataset and split its training set into clients."""
+    d = config.data
+    dataset = DATASETS.build(d.dataset, d.params, root=d.root, download=d.download, num_clients=d.num_clients,
+                             rng=stream(config.seed, "data"))
+    parts = PARTITIONERS.build(d.partition.name, d.partition.params, dataset=dataset, num_clients=d.num_clients,
+                               rng=stream(config.seed, "partition"))
+    empty = [i for i, p in enumerate(parts) if len(p) == 0]
+    if empty:
+        raise ConfigError(f"Partition `{d.partition.name}` left client {empty[0]} without samples: lower "
+                          f"`data.num_clients` ({d.num_clients}) or change `data.partition.params`.")
+    return dataset, parts
+
+
+def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequence[Any] = ()) -> Run:
+    """Build a ready-to-run `Run` from a validated config; nothing is written to disk yet.
+
+    Args:
+        config: a config from `csfl_fabric.config.load_config`.
+        run_dir: where the run writes; default ``runs/<experiment>/<selector>-seed<k>/`` (made unique).
+        callbacks: extra callbacks, called after the built-in ones.
+    """
+    torch.set_num_threads(config.train.num_threads)
+    run_dir = Path(run_dir) if run_dir is not None else fresh_run_dir(config)
+    dataset, parts = build_dataset(config)
+
+    all_callbacks: list[Any] = []
+    if config.logging.progress:
+        all_callbacks.append(RichProgress(f"{config.experiment} {run_name(config)}"))
+    all_callbacks.extend(callbacks)
+    loggers = [CSVMetricsLogger(run_dir),
+               WandbLogger(config.logging.wandb, config.logging.project, run_dir, config=to_dict(config),
+                           name=run_dir.name, group=config.experiment, job_type=config.selector.name)]
+    fabric = build_fabric(config, all_callbacks, loggers)
+
+    store = ClientStore(dataset.x_train, dataset.y_train, parts, seed=config.seed, device=fabric.device)
+    # The initial model depends on the seed only, so every method of a comparison starts from the same weights.
+    torch.manual_seed(int(stream(config.seed, "model").integers(2**63 - 1)))
+    model = MODELS.build(config.train.model, config.train.model_params, input_shape=dataset.input_shape,
+                         num_classes=dataset.num_classes)
+    t = config.train
+    settings = TrainSettings(local_epochs=t.local_epochs, local_steps=t.local_steps, batch_size=t.batch_size, lr=t.lr,
+                             optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay, mu=t.mu,
+                             clip_grad_norm=t.clip_grad_norm, eval_batch_size=t.eval_batch_size)
+    trainer = ClientTrainer(fabric, model, settings, dataset.num_classes)
+    r = config.rounds
+    orchestrator = Orchestrator(
+        fabric=fabric,
+        store=store,
+        trainer=trainer,
+        selector=SELECTORS.build(config.selector.name, config.selector.params),
+        selector_key=config.selector.name,
+        aggregator=AGGREGATORS.build(config.aggregator.name, config.aggregator.params),
+        global_params=trainer.global_params(),
+        test_data=(dataset.x_test.to(fabric.device), dataset.y_test.to(fabric.device)),
+        rounds=RoundSettings(r.num_rounds, r.clients_per_round, r.eval_every, r.target_accuracy),
+        selection_rng=stream(config.seed, "selection"),
+        run_dir=run_dir,
+    )
+    return Run(config=config, fabric=fabric, dataset=dataset, orchestrator=orchestrator, run_dir=run_dir,
+               callbacks=all_callbacks)

@@ -1,0 +1,5 @@
+"""Reusable callbacks: hooks named ``on_<run|round|client>_<start|end>``, dispatched by `fabric.call`."""
+
+from csfl_fabric.callbacks.base import HOOKS, Callback
+
+__all__ = ["HOOKS", "Callback"]

@@ -1,0 +1,361 @@
+"""The config schema and `load_config`: YAML file, then ``key=value`` overrides, validated before anything runs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from csfl_fabric.errors import ConfigError, InvalidParamsError, UnknownNameError
+from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS, Registry, closest_first
+
+
+@dataclass
+class PartitionConfig:
+    """How the training set is split into clients: a partitioner name and its params."""
+
+    name: str = "dirichlet"
+    params: dict[str, Any] = field(default_factory=lambda: {"alpha": 0.5})
+
+
+@dataclass
+class DataConfig:
+    """The dataset, where it lives, and how it is split into clients."""
+
+    dataset: str = "digits"
+    params: dict[str, Any] = field(default_factory=dict)
+    root: str = "./data"
+    download: bool = False
+    num_clients: int = 100
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+
+
+@dataclass
+class TrainConfig:
+    """Local training on each client."""
+
+    model: str = "cnn"
+    model_params: dict[str, Any] = field(default_factory=dict)
+    local_epochs: int = 1
+    local_steps: int | None = None
+    batch_size: int = 16
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    mu: float = 0.0
+    clip_grad_norm: float | None = None
+    num_threads: int = 1
+    backend: str = "sequential"
+    eval_batch_size: int = 1024
+
+
+@dataclass
+class RoundsConfig:
+    """How many rounds, how many clients per round, and how often to evaluate."""
+
+    num_rounds: int = 50
+    clients_per_round: int = 10
+    eval_every: int = 1
+    target_accuracy: float | None = None
+
+
+@dataclass
+class SelectorConfig:
+    """The client-selection method: a registry name and its params."""
+
+    name: str = "heuristic.random"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AggregatorConfig:
+    """The server-side aggregation (FedAvg or a server optimizer): a registry name and its params."""
+
+    name: str = "fedavg"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MemoryConfig:
+    """Memory policies run as callbacks (0 turns one off)."""
+
+    gc_every: int = 1
+    empty_cache_every: int = 5
+    ram_threshold: float = 0.70
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoint cadence (0 = only at the end... once checkpoints exist) and how many to keep."""
+
+    every_n_rounds: int = 0
+    keep: int = 2
+
+
+@dataclass
+class LoggingConfig:
+    """Where the run directory goes and how W&B is used."""
+
+    wandb: str = "offline"
+    project: str = "csfl_fabric"
+    dir: str = "runs"
+    run_name: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class FabricConfig:
+    """Arguments passed to `lightning.fabric.Fabric`."""
+
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+
+
+@dataclass
+class Config:
+    """The whole experiment; see configs/quickstart.yaml for a commented example."""
+
+    experiment: str = "default"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    fabric: FabricConfig = field(default_factory=FabricConfig)
+
+
+# Component sections: (path, key of the registry name, registry). Switching the name starts from that
+# component's own defaults: params given for the previous component are dropped, not merged.
+COMPONENTS: tuple[tuple[str, str, Registry], ...] = (
+    ("data", "dataset", DATASETS),
+    ("data.partition", "name", PARTITIONERS),
+    ("selector", "name", SELECTORS),
+    ("aggregator", "name", AGGREGATORS),
+)
+# In these sections any key other than name/params is a param: `selector.d=5` means `selector.params.d=5`.
+_SHORTHAND_SECTIONS = ("data.partition", "selector", "aggregator")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.optimizer": ("sgd", "adam"),
+    "train.backend": ("sequential", "cohort"),
+    "logging.wandb": ("offline", "online", "disabled"),
+    "fabric.precision": ("32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"),
+}
+
+
+def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Build a validated `Config` from a YAML file (or a dict) and ``key=value`` overrides.
+
+    Args:
+        source: a YAML path, a nested dict with the same keys, or None for the defaults.
+        overrides: ``key=value`` strings applied after ``source`` (e.g. ``rounds.num_rounds=5``).
+
+    Raises:
+        ConfigError: a missing or malformed file, an unknown key, a wrong type or an out-of-range value.
+        UnknownNameError: an unknown dataset, model, partitioner, selector or aggregator.
+        InvalidParamsError: a param that the named component does not accept.
+    """
+    layers = [_read_source(source), _parse_overrides(overrides)]
+    cfg: DictConfig = OmegaConf.structured(Config)
+    for layer in layers:
+        _normalize_shorthand(layer)
+        _drop_params_of_switched_components(cfg, layer)
+        try:
+            cfg = OmegaConf.merge(cfg, layer)  # type: ignore[assignment]
+        except OmegaConfBaseException as e:
+            raise _one_line(e) from None
+    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved config as YAML (what `runs/<experiment>/<run>/config.yaml` holds)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The resolved config as a plain nested dict (e.g. for W&B)."""
+    return dataclasses.asdict(config)
+
+
+def _read_source(source: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
+    if source is None:
+        return {}
+    if isinstance(source, Mapping):
+        return _plain(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"Config file `{path}` does not exist. Pass a YAML file, e.g. configs/quickstart.yaml.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"Config file `{path}` is not valid YAML{line}: {getattr(e, 'problem', e)}.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file `{path}` must hold a mapping of keys, but holds a {type(data).__name__}.")
+    return data
+
+
+def _plain(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _plain(v) if isinstance(v, Mapping) else v for k, v in mapping.items()}
+
+
+def _parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"Override `{bad[0]}` is not of the form key=value (e.g. rounds.num_rounds=5).")
+    try:
+        return _plain(OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides))))  # type: ignore[arg-type]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"Could not parse the overrides {list(overrides)}: {str(e).splitlines()[0]}.") from None
+
+
+def _section(tree: dict[str, Any], path: str) -> dict[str, Any] | None:
+    node: Any = tree
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, dict) else None
+
+
+def _normalize_shorthand(layer: dict[str, Any]) -> None:
+    for path in _SHORTHAND_SECTIONS:
+        section = _section(layer, path)
+        if section is None:
+            continue
+        extra = [k for k in section if k not in ("name", "params", "import")]
+        if extra:
+            params = section.setdefault("params", {}) or {}
+            section["params"] = params
+            for key in extra:
+                params[key] = section.pop(key)
+
+
+def _drop_params_of_switched_components(cfg: DictConfig, layer: dict[str, Any]) -> None:
+    for path, name_key, _ in COMPONENTS:
+        section = _section(layer, path)
+        if section is None or name_key not in section:
+            continue
+        if section[name_key] != OmegaConf.select(cfg, f"{path}.{name_key}"):
+            OmegaConf.update(cfg, f"{path}.params", {}, merge=False)
+
+
+def _one_line(e: OmegaConfBaseException) -> ConfigError:
+    key = getattr(e, "full_key", None) or "?"
+    if isinstance(e, ConfigKeyError):
+        parent, _, leaf = key.rpartition(".")
+        valid = _schema_keys(parent)
+        hint = f" Valid keys{f' under `{parent}`' if parent else ''} (closest first): {', '.join(closest_first(leaf, valid))}."
+        return ConfigError(f"Unknown config key `{key}`.{hint if valid else ''}")
+    if isinstance(e, ValidationError):
+        expected = _schema_type(key)
+        return ConfigError(f"Expected `{key}` to be {expected} but got {e.value!r}.")  # type: ignore[attr-defined]
+    return ConfigError(f"Invalid config at `{key}`: {str(e).splitlines()[0]}")
+
+
+def _schema_node(path: str) -> Any:
+    node: Any = Config
+    for part in filter(None, path.split(".")):
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
+            return None
+        f = fields[part]
+        node = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        node = type(node) if dataclasses.is_dataclass(node) else f
+    return node
+
+
+def _schema_keys(path: str) -> list[str]:
+    node = _schema_node(path)
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+
+
+def _schema_type(path: str) -> str:
+    node = _schema_node(path)
+    kind = str(getattr(node, "type", "a valid value")).replace("typing.", "").replace("Optional", "optional ")
+    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(kind, kind)
+
+
+def validate(config: Config) -> None:
+    """Check value ranges, choices and component names; raise one clear error for the first problem."""
+    c = config
+    _at_least("data.num_clients", c.data.num_clients, 1)
+    _at_least("rounds.num_rounds", c.rounds.num_rounds, 1)
+    _at_least("rounds.eval_every", c.rounds.eval_every, 1)
+    _at_least("train.local_epochs", c.train.local_epochs, 1)
+    _at_least("train.batch_size", c.train.batch_size, 1)
+    _at_least("train.eval_batch_size", c.train.eval_batch_size, 1)
+    _at_least("train.num_threads", c.train.num_threads, 1)
+    _at_least("fabric.devices", c.fabric.devices, 1)
+    _at_least("fabric.num_nodes", c.fabric.num_nodes, 1)
+    _at_least("memory.gc_every", c.memory.gc_every, 0)
+    _at_least("memory.empty_cache_every", c.memory.empty_cache_every, 0)
+    _at_least("checkpoint.every_n_rounds", c.checkpoint.every_n_rounds, 0)
+    _at_least("checkpoint.keep", c.checkpoint.keep, 1)
+    if c.train.local_steps is not None:
+        _at_least("train.local_steps", c.train.local_steps, 1)
+    if not 1 <= c.rounds.clients_per_round <= c.data.num_clients:
+        raise ConfigError(
+            f"Expected `rounds.clients_per_round` to be in [1, data.num_clients={c.data.num_clients}] "
+            f"but got {c.rounds.clients_per_round}."
+        )
+    if c.train.lr <= 0:
+        raise ConfigError(f"Expected `train.lr` to be > 0 but got {c.train.lr}.")
+    for key, value in (("train.momentum", c.train.momentum), ("train.weight_decay", c.train.weight_decay),
+                       ("train.mu", c.train.mu)):
+        if value < 0:
+            raise ConfigError(f"Expected `{key}` to be >= 0 but got {value}.")
+    if c.train.clip_grad_norm is not None and c.train.clip_grad_norm <= 0:
+        raise ConfigError(f"Expected `train.clip_grad_norm` to be > 0 or null but got {c.train.clip_grad_norm}.")
+    if not 0 < c.memory.ram_threshold <= 1:
+        raise ConfigError(f"Expected `memory.ram_threshold` to be in (0, 1] but got {c.memory.ram_threshold}.")
+    if c.rounds.target_accuracy is not None and not 0 < c.rounds.target_accuracy <= 1:
+        raise ConfigError(f"Expected `rounds.target_accuracy` to be in (0, 1] but got {c.rounds.target_accuracy}.")
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(OmegaConf.structured(c), key)
+        if value not in choices:
+            raise ConfigError(
+                f"Unknown value {value!r} for `{key}`. Valid choices (closest first): "
+                f"{', '.join(closest_first(str(value), list(choices)))}."
+            )
+    _check_component("data", "dataset", DATASETS, c.data.dataset, c.data.params)
+    _check_component("data.partition", "name", PARTITIONERS, c.data.partition.name, c.data.partition.params)
+    _check_component("selector", "name", SELECTORS, c.selector.name, c.selector.params)
+    _check_component("aggregator", "name", AGGREGATORS, c.aggregator.name, c.aggregator.params)
+    _check_component("train", "model", MODELS, c.train.model, c.train.model_params, params_key="model_params")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"Expected `{key}` to be >= {low} but got {value}.")
+
+
+def _check_component(
+    path: str, name_key: str, registry: Registry, name: str, params: dict[str, Any], params_key: str = "params"
+) -> None:
+    try:
+        registry.get(name)
+    except UnknownNameError as e:
+        raise UnknownNameError(f"`{path}.{name_key}`: {e}") from None
+    try:
+        registry.check_params(name, params)
+    except InvalidParamsError as e:
+        raise InvalidParamsError(f"`{path}.{params_key}`: {e}") from None

@@ -1,0 +1,198 @@
+"""The run directory, the per-round CSV files and the W&B logger (Fabric's `Logger` interface)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.loggers.logger import Logger
+from typing_extensions import override
+
+#: Wall-clock columns differ between identical runs, so they go to timing.csv and metrics.csv stays reproducible.
+WALL_PREFIX = "time/wall"
+
+
+class CSVMetricsLogger(Logger):
+    """Writes one row per round to ``metrics.csv`` (deterministic) and ``timing.csv`` (wall-clock times).
+
+    Rows are appended and flushed every round, so a killed run keeps every finished round. When a
+    new metric appears (evaluation every few rounds, a callback's key), the file is rewritten once
+    with the wider header.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self._files = {"metrics.csv": _CSVFile(self.run_dir / "metrics.csv"),
+                       "timing.csv": _CSVFile(self.run_dir / "timing.csv")}
+
+    @property
+    @override
+    def name(self) -> str:
+        return "csv"
+
+    @property
+    @override
+    def version(self) -> str:
+        return self.run_dir.name
+
+    @override
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """The config is written by the orchestrator as config.yaml; nothing to do here."""
+
+    @override
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        row = {"round": step, **{k: v for k, v in metrics.items() if k != "round"}}
+        wall = {k: v for k, v in row.items() if k.startswith(WALL_PREFIX)}
+        self._files["metrics.csv"].append({k: v for k, v in row.items() if k not in wall})
+        self._files["timing.csv"].append({"round": step, **wall})
+
+    def truncate(self, num_rounds: int) -> None:
+        """Keep only rows of rounds < ``num_rounds`` (used on resume, so rows are neither lost nor repeated)."""
+        for f in self._files.values():
+            f.truncate(num_rounds)
+
+
+class _CSVFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.header: list[str] = []
+        if path.exists():
+            with path.open(newline="") as fh:
+                self.header = next(csv.reader(fh), [])
+
+    def _rows(self) -> list[dict[str, str]]:
+        if not self.path.exists():
+            return []
+        with self.path.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.header)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        row = {k: _fmt(v) for k, v in row.items()}
+        new = [k for k in row if k not in self.header]
+        if new or not self.path.exists():
+            self.header += new
+            self._rewrite([*self._rows(), row])
+            return
+        with self.path.open("a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=self.header).writerow(row)
+
+    def truncate(self, num_rounds: int) -> None:
+        if self.path.exists():
+            self._rewrite([r for r in self._rows() if int(r["round"]) < num_rounds])
+
+
+def _fmt(value: Any) -> Any:
+    # repr round-trips floats exactly, so identical runs give byte-identical files.
+    return repr(float(value)) if isinstance(value, float) else value
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
+    """The rows of a run's ``metrics.csv`` as dicts of floats (empty cells left out)."""
+    with (Path(run_dir) / "metrics.csv").open(newline="") as fh:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class WandbLogger(Logger):
+    """Logs each round to W&B with ``round`` as the step metric; offline by default, never hangs.
+
+    W&B is imported and initialised lazily on the first log. ``online`` with no network or no API
+    key falls back to ``offline`` with one warning (short init timeout), so a run never waits ~100 s
+    or dies for want of an account. Offline runs land in ``<run_dir>/wandb/`` for a later ``wandb sync``.
+
+    Args:
+        mode: ``offline``, ``online`` or ``disabled``; the ``WANDB_MODE`` environment variable wins if set.
+        project: the W&B project.
+        run_dir: the run directory (W&B writes its files below it).
+        config: the resolved config, shown as the run's config.
+        name, group, job_type, tags, run_id: passed to ``wandb.init``.
+    """
+
+    def __init__(self, mode: str, project: str, run_dir: str | Path, config: dict[str, Any] | None = None,
+                 name: str | None = None, group: str | None = None, job_type: str | None = None,
+                 tags: list[str] | None = None, run_id: str | None = None, init_timeout: float = 15.0) -> None:
+        self.mode = os.environ.get("WANDB_MODE") or mode
+        self.project = project
+        self.run_dir = Path(run_dir)
+        self.init_kwargs: dict[str, Any] = {"config": config, "name": name, "group": group, "job_type": job_type,
+                                            "tags": tags, "id": run_id}
+        self.init_timeout = init_timeout
+        self._run: Any = None
+
+    @property
+    @override
+    def name(self) -> str:
+        return "wandb"
+
+    @property
+    @override
+    def version(self) -> str:
+        return self.experiment.id if self._run is not None else ""
+
+    @property
+    def experiment(self) -> Any:
+        """The W&B run, initialised on first use."""
+        if self._run is None:
+            self._run = self._init()
+        return self._run
+
+    def _init(self) -> Any:
+        import wandb
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        settings = wandb.Settings(init_timeout=self.init_timeout, console="off", silent=True,
+                                  disable_git=True, disable_job_creation=True, x_disable_stats=True)
+        kwargs = {k: v for k, v in self.init_kwargs.items() if v is not None}
+        resume = "allow" if kwargs.get("id") else None
+        try:
+            run = wandb.init(mode=self.mode, project=self.project, dir=str(self.run_dir), settings=settings,
+                             resume=resume, reinit="create_new", **kwargs)
+        except Exception as e:  # noqa: BLE001 - any failure to reach W&B online must not kill the run
+            if self.mode != "online":
+                raise
+            warnings.warn(f"W&B online init failed ({type(e).__name__}: {e}); logging offline instead. "
+                          f"Upload later with `wandb sync {self.run_dir / 'wandb'}`.", stacklevel=2)
+            self.mode = "offline"
+            run = wandb.init(mode="offline", project=self.project, dir=str(self.run_dir), settings=settings,
+                             resume=resume, reinit="create_new", **kwargs)
+        run.define_metric("round")
+        run.define_metric("*", step_metric="round")
+        return run
+
+    @override
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        self.experiment.config.update(params, allow_val_change=True)
+
+    @override
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.experiment.log({**metrics, "round": step})
+
+    def set_summary(self, summary: dict[str, Any]) -> None:
+        """Set run-level summary values (best accuracy, time to accuracy, ...)."""
+        for k, v in summary.items():
+            self.experiment.summary[k] = v
+
+    @override
+    def finalize(self, status: str) -> None:
+        if self._run is not None:
+            self._run.finish(exit_code=0 if status == "success" else 1)
+            self._run = None

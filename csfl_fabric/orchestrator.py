@@ -1,0 +1,162 @@
+"""The round loop: select -> train -> aggregate -> feedback -> evaluate -> callbacks -> log."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lightning.fabric import Fabric
+from torch import Tensor
+
+from csfl_fabric.aggregation import Aggregator
+from csfl_fabric.data.store import ClientStore
+from csfl_fabric.loggers import write_json
+from csfl_fabric.selection.base import ClientSelector, check_selection
+from csfl_fabric.state import ClientHistory, ClientResult, Feedback, Params, RunState, Selection, SelectionContext
+from csfl_fabric.trainer import ClientTrainer
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """The `rounds:` config section."""
+
+    num_rounds: int
+    clients_per_round: int
+    eval_every: int = 1
+    target_accuracy: float | None = None
+
+
+class Orchestrator:
+    """Runs the rounds of one federated simulation and fires the hooks of `csfl_fabric.callbacks.HOOKS`.
+
+    It holds no method-specific code: the selector, aggregator and trainer are passed in, built by
+    `csfl_fabric.build`. Hooks go through ``fabric.call`` with keyword arguments only.
+    """
+
+    def __init__(
+        self,
+        *,
+        fabric: Fabric,
+        store: ClientStore,
+        trainer: ClientTrainer,
+        selector: ClientSelector,
+        selector_key: str,
+        aggregator: Aggregator,
+        global_params: Params,
+        test_data: tuple[Tensor, Tensor],
+        rounds: RoundSettings,
+        selection_rng: np.random.Generator,
+        run_dir: Path | None = None,
+    ) -> None:
+        self.fabric = fabric
+        self.store = store
+        self.trainer = trainer
+        self.selector = selector
+        self.selector_key = selector_key
+        self.aggregator = aggregator
+        self.global_params = global_params
+        self.test_data = test_data
+        self.rounds = rounds
+        self.selection_rng = selection_rng
+        self.run_dir = run_dir
+        self.state = RunState(num_rounds=rounds.num_rounds, history=ClientHistory(store.num_samples))
+        self.summary: dict[str, Any] = {}
+
+    def run(self) -> RunState:
+        """Run from ``state.round`` to the last round (or until a callback sets ``state.should_stop``)."""
+        state = self.state
+        started = time.perf_counter()
+        status = "failed"
+        self.fabric.call("on_run_start", state=state, orchestrator=self)
+        try:
+            while state.round < self.rounds.num_rounds and not state.should_stop:
+                self._round(state)
+                state.round += 1
+            status = "success"
+        finally:
+            self.fabric.call("on_run_end", state=state, orchestrator=self)
+            self.summary.update(rounds_completed=state.round, stop_reason=state.stop_reason, status=status,
+                                wall_seconds=time.perf_counter() - started, selector=self.selector_key)
+            if self.run_dir is not None and self.fabric.global_rank == 0:
+                write_json(self.run_dir / "summary.json", self.summary)
+            for logger in self.fabric.loggers:
+                logger.finalize(status)
+        return state
+
+    def _round(self, state: RunState) -> None:
+        r = state.round
+        started = time.perf_counter()
+        state.metrics = {}
+        self.fabric.call("on_round_start", state=state)
+
+        # 1. Select among the available clients, with the selection stream's generator only.
+        ctx = self._context(r)
+        selection = self.selector.select(ctx)
+        check_selection(selection, ctx, self.selector_key, self.selector.allows_duplicates)
+        self.fabric.call("on_selection", state=state, selection=selection)
+
+        # 2. Train each client from the same global params and fold its params into the running sum at once.
+        self.aggregator.reset(self.global_params)
+        results: list[ClientResult] = []
+        for i, client_id in enumerate(selection.ids.tolist()):
+            self.fabric.call("on_client_start", state=state, client_id=client_id)
+            params, result = self.trainer.fit(self.global_params, self.store.client(client_id, r))
+            weight = float(selection.weights[i]) if selection.weights is not None else float(result.num_samples)
+            self.aggregator.update(params, weight)
+            del params  # views of the reused model: only the running sum survives the client
+            results.append(result)
+            self.fabric.call("on_client_end", state=state, client_id=client_id, result=result)
+
+        # 3. Aggregate into the new global model.
+        self.global_params = self.aggregator.compute()
+
+        # 4. Feedback to the selector and the per-client history.
+        state.history.record(r, results)  # type: ignore[union-attr]
+        self.selector.update(Feedback(round=r, selection=selection, results=results))
+
+        # 5. Metrics, with evaluation every `eval_every` rounds and always in the last one.
+        state.metrics.update(self._round_metrics(selection, results))
+        if (r + 1) % self.rounds.eval_every == 0 or r == self.rounds.num_rounds - 1:
+            state.metrics.update(self.trainer.evaluate(self.global_params, *self.test_data))
+            self._track_accuracy(r, state.metrics["eval/acc"])
+        state.metrics["time/wall_round_s"] = time.perf_counter() - started
+
+        # 6. Callbacks may add metrics or ask to stop; then one log call per round.
+        self.fabric.call("on_round_end", state=state, metrics=state.metrics, orchestrator=self)
+        self.fabric.log_dict(state.metrics, step=r)
+
+    def _context(self, r: int) -> SelectionContext:
+        return SelectionContext(
+            round=r,
+            k=self.rounds.clients_per_round,
+            available=np.arange(self.store.num_clients),
+            num_samples=self.store.num_samples,
+            history=self.state.history,  # type: ignore[arg-type]
+            rng=self.selection_rng,
+            probe=lambda ids: self.probe(ids, r),
+        )
+
+    def probe(self, ids: Sequence[int], round_idx: int) -> np.ndarray:
+        """Current loss of the global model on each of ``ids`` (counted in ``select/probed_clients``)."""
+        self.state.metrics["select/probed_clients"] = self.state.metrics.get("select/probed_clients", 0) + len(ids)
+        return self.trainer.losses(self.global_params, [self.store.client(int(c), round_idx) for c in ids])
+
+    @staticmethod
+    def _round_metrics(selection: Selection, results: Sequence[ClientResult]) -> dict[str, float]:
+        samples = sum(r.samples_processed for r in results)
+        loss = sum(r.loss * r.samples_processed for r in results) / samples if samples else math.nan
+        return {"train/loss": loss, "select/num_selected": float(len(selection.ids))}
+
+    def _track_accuracy(self, r: int, acc: float) -> None:
+        s = self.summary
+        s["final_acc"] = acc
+        if acc > s.get("best_acc", -math.inf):
+            s.update(best_acc=acc, best_round=r)
+        target = self.rounds.target_accuracy
+        if target is not None and acc >= target and "rounds_to_target" not in s:
+            s["rounds_to_target"] = r + 1

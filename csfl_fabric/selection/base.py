@@ -1,0 +1,52 @@
+"""The `ClientSelector` interface and the check every selection passes."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from csfl_fabric.state import Feedback, Selection, SelectionContext
+
+
+class ClientSelector(ABC):
+    """Base class of client-selection methods.
+
+    A selector picks clients in `select`, learns from the round's results in `update`, and keeps
+    everything it learns in `state_dict` so that a resumed run selects exactly the same clients.
+    Randomness comes only from ``ctx.rng``.
+    """
+
+    #: Set by methods that sample with replacement (the same client may appear twice in one round).
+    allows_duplicates: bool = False
+
+    @abstractmethod
+    def select(self, ctx: SelectionContext) -> Selection:
+        """Return at most ``ctx.k`` ids drawn from ``ctx.available``; called once at the start of each round."""
+
+    def update(self, feedback: Feedback) -> None:  # noqa: B027 - optional hook
+        """Called after aggregation with the round's selection and the trained clients' results."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the selector has learnt, for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - stateless by default
+        """Restore what `state_dict` returned."""
+
+
+def check_selection(selection: Selection, ctx: SelectionContext, key: str, allows_duplicates: bool = False) -> None:
+    """Raise ValueError, naming the selector ``key``, if ``selection`` breaks the contract."""
+    ids = np.asarray(selection.ids)
+    problem = ""
+    if ids.ndim != 1 or len(ids) == 0:
+        problem = f"returned {len(ids.ravel())} ids; it must return between 1 and k={ctx.k}"
+    elif len(ids) > ctx.k:
+        problem = f"returned {len(ids)} ids but k={ctx.k}"
+    elif not np.isin(ids, ctx.available).all():
+        problem = f"selected unavailable clients {sorted(set(ids.tolist()) - set(ctx.available.tolist()))[:5]}"
+    elif not allows_duplicates and len(np.unique(ids)) != len(ids):
+        problem = "selected a client twice"
+    if problem:
+        raise ValueError(f"Selector `{key}` {problem} in round {ctx.round}.")

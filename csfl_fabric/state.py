@@ -1,0 +1,136 @@
+"""Value objects passed between components: no behaviour beyond bookkeeping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+#: A model's weights and buffers by name (a state dict).
+Params = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    """What one client's local training reports back.
+
+    Attributes:
+        client_id: the client.
+        num_samples: samples in the client's training set (FedAvg's weight).
+        num_steps: optimizer steps taken.
+        samples_processed: samples seen over all local steps (drives simulated compute time).
+        loss: mean per-sample training loss over the local steps.
+        loss_sq_sum: sum of squared per-sample losses over the local steps (Oort's statistical utility).
+    """
+
+    client_id: int
+    num_samples: int
+    num_steps: int
+    samples_processed: int
+    loss: float
+    loss_sq_sum: float
+
+    @property
+    def diverged(self) -> bool:
+        """True when the training loss is NaN or infinite."""
+        return not np.isfinite(self.loss)
+
+
+@dataclass
+class ClientHistory:
+    """Per-client bookkeeping over the run, one array entry per client."""
+
+    num_samples: np.ndarray
+    last_loss: np.ndarray = field(init=False)
+    times_selected: np.ndarray = field(init=False)
+    last_round: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.num_samples)
+        self.last_loss = np.full(n, np.nan)
+        self.times_selected = np.zeros(n, dtype=np.int64)
+        self.last_round = np.full(n, -1, dtype=np.int64)
+
+    def record(self, round_idx: int, results: Sequence[ClientResult]) -> None:
+        """Fold in the results of the clients that took part in ``round_idx``."""
+        for r in results:
+            self.last_loss[r.client_id] = r.loss
+            self.times_selected[r.client_id] += 1
+            self.last_round[r.client_id] = round_idx
+
+    def state_dict(self) -> dict[str, Any]:
+        """Arrays to checkpoint."""
+        return {"last_loss": self.last_loss.copy(), "times_selected": self.times_selected.copy(),
+                "last_round": self.last_round.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from `state_dict`."""
+        self.last_loss = np.asarray(state["last_loss"], dtype=float).copy()
+        self.times_selected = np.asarray(state["times_selected"], dtype=np.int64).copy()
+        self.last_round = np.asarray(state["last_round"], dtype=np.int64).copy()
+
+
+@dataclass(frozen=True)
+class SelectionContext:
+    """Everything a selector may look at when it picks the clients of one round.
+
+    Attributes:
+        round: the round index (0-based).
+        k: how many clients to select.
+        available: ids of the clients that may be selected this round (sorted).
+        num_samples: training samples per client, indexed by client id (all clients).
+        history: per-client history (last loss, times selected, last round seen).
+        rng: the selection stream's seeded generator; selectors draw from it only.
+        probe: returns the current loss of the global model on each given client (its cost is counted).
+        profiles: per-client system profiles (speeds, bandwidths) when simulated, else None.
+    """
+
+    round: int
+    k: int
+    available: np.ndarray
+    num_samples: np.ndarray
+    history: ClientHistory
+    rng: np.random.Generator
+    probe: Callable[[Sequence[int]], np.ndarray]
+    profiles: Any = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A selector's answer.
+
+    Attributes:
+        ids: the selected client ids, in training order.
+        probs: inclusion probabilities of the selected clients, for logging and unbiased re-weighting.
+        scores: the selector's scores of the selected clients, for logging.
+        weights: aggregation weights that replace the sample counts (e.g. 1/m for a simple average).
+    """
+
+    ids: np.ndarray
+    probs: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """What a selector learns after a round: the selection and what the trained clients reported."""
+
+    round: int
+    selection: Selection
+    results: Sequence[ClientResult]
+
+
+@dataclass
+class RunState:
+    """The mutable state of a run, handed to every hook."""
+
+    round: int = 0
+    num_rounds: int = 0
+    should_stop: bool = False
+    stop_reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: ClientHistory | None = None

@@ -1,0 +1,150 @@
+"""ClientTrainer: local training and evaluation on Fabric, with one model reused for every client."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.fabric import Fabric
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from csfl_fabric.data.store import ClientData
+from csfl_fabric.state import ClientResult, Params
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Local-training hyperparameters (the `train:` config section, without what build.py consumes)."""
+
+    local_epochs: int = 1
+    local_steps: int | None = None
+    batch_size: int = 16
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    mu: float = 0.0
+    clip_grad_norm: float | None = None
+    eval_batch_size: int = 1024
+
+
+def make_optimizer(params: Sequence[nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
+    """The client optimizer named by ``s.optimizer`` (``sgd`` or ``adam``)."""
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+class ClientTrainer:
+    """Trains clients one at a time on one model that Fabric set up once.
+
+    Weights are copied into the model in place (``torch._foreach_copy_``), never deep-copied per
+    client, and the optimizer's state is cleared per client so that every client starts fresh.
+    Losses are accumulated on the device and read once per client: no per-batch host sync.
+
+    Args:
+        fabric: the run's Fabric (device, precision).
+        model: a freshly built model; it is set up with Fabric here and reused for every client.
+        settings: local-training hyperparameters.
+        num_classes: for the evaluation metrics.
+    """
+
+    def __init__(self, fabric: Fabric, model: nn.Module, settings: TrainSettings, num_classes: int) -> None:
+        self.fabric = fabric
+        self.settings = settings
+        self.model, self.optimizer = fabric.setup(model, make_optimizer(list(model.parameters()), settings))
+        # Live references to the module's tensors, in state-dict order: copying into these updates the model.
+        state = self.model.module.state_dict(keep_vars=True)
+        self.keys = list(state)
+        self._tensors = [t for t in state.values()]
+        self._params = [p for p in self.model.parameters()]
+        self._param_keys = [k for k, t in state.items() if isinstance(t, nn.Parameter)]
+        metrics = {"acc": MulticlassAccuracy(num_classes), "f1": MulticlassF1Score(num_classes, average="macro")}
+        self._metrics = {k: m.to(fabric.device) for k, m in metrics.items()}
+
+    def global_params(self) -> Params:
+        """A detached copy of the model's current weights and buffers."""
+        return {k: t.detach().clone() for k, t in zip(self.keys, self._tensors)}
+
+    @torch.no_grad()
+    def load(self, params: Params) -> None:
+        """Copy ``params`` into the model in place."""
+        torch._foreach_copy_(self._tensors, [params[k] for k in self.keys])
+
+    def fit(self, global_params: Params, client: ClientData) -> tuple[Params, ClientResult]:
+        """Train one client from ``global_params``.
+
+        Returns:
+            The client's new params as detached views of the model's tensors (valid until the next
+            ``fit``: fold them into the aggregate at once) and its `ClientResult`.
+        """
+        s = self.settings
+        self.load(global_params)
+        self.optimizer.state.clear()
+        self.model.train()
+        anchor = [global_params[k] for k in self._param_keys] if s.mu > 0 else None
+        loss_sum = torch.zeros((), device=self.fabric.device)
+        sq_sum = torch.zeros((), device=self.fabric.device)
+        seen = steps = 0
+        for x, y in client.batches(s.batch_size, epochs=s.local_epochs, steps=s.local_steps):
+            losses = F.cross_entropy(self.model(x).float(), y, reduction="none")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.fabric.backward(losses.mean())
+            if anchor is not None:
+                # FedProx (Li et al., MLSys 2020): the gradient of mu/2 ||w - w_global||^2 is mu (w - w_global).
+                grads = [p.grad for p in self._params]
+                torch._foreach_add_(grads, torch._foreach_sub(self._params, anchor), alpha=s.mu)
+            if s.clip_grad_norm is not None:
+                self.fabric.clip_gradients(self.model, self.optimizer, max_norm=s.clip_grad_norm)
+            self.optimizer.step()
+            detached = losses.detach()
+            loss_sum += detached.sum()
+            sq_sum += detached.square().sum()
+            seen += len(y)
+            steps += 1
+        total, sq_total = torch.stack([loss_sum, sq_sum]).tolist()  # the one host sync per client
+        result = ClientResult(
+            client_id=client.client_id,
+            num_samples=client.num_samples,
+            num_steps=steps,
+            samples_processed=seen,
+            loss=total / max(seen, 1),
+            loss_sq_sum=sq_total,
+        )
+        return {k: t.detach() for k, t in zip(self.keys, self._tensors)}, result
+
+    @torch.inference_mode()
+    def evaluate(self, params: Params, x: Tensor, y: Tensor) -> dict[str, float]:
+        """Accuracy, mean loss and macro-F1 of ``params`` on ``(x, y)``."""
+        self.load(params)
+        self.model.eval()
+        for m in self._metrics.values():
+            m.reset()
+        loss_sum = torch.zeros((), device=self.fabric.device)
+        for start in range(0, len(y), self.settings.eval_batch_size):
+            xb, yb = x[start : start + self.settings.eval_batch_size], y[start : start + self.settings.eval_batch_size]
+            logits = self.model(xb).float()
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+            for m in self._metrics.values():
+                m.update(logits, yb)
+        values = torch.stack([loss_sum / max(len(y), 1), *(m.compute() for m in self._metrics.values())]).tolist()
+        return {"eval/loss": values[0], "eval/acc": values[1], "eval/f1": values[2]}
+
+    @torch.inference_mode()
+    def losses(self, params: Params, clients: Sequence[ClientData]) -> np.ndarray:
+        """Mean loss of ``params`` on each client's full local data (what power-of-choice probes)."""
+        self.load(params)
+        self.model.eval()
+        out = []
+        for client in clients:
+            x, y = client.arrays()
+            loss = torch.zeros((), device=self.fabric.device)
+            for start in range(0, len(y), self.settings.eval_batch_size):
+                stop = start + self.settings.eval_batch_size
+                loss += F.cross_entropy(self.model(x[start:stop]).float(), y[start:stop], reduction="sum")
+            out.append(loss / max(len(y), 1))
+        return torch.stack(out).cpu().numpy().astype(float) if out else np.zeros(0)
