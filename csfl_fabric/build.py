@@ -98,9 +98,11 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
     if config.logging.progress:
         all_callbacks.append(RichProgress(f"{config.experiment} {run_name(config)}"))
     all_callbacks.extend(callbacks)
-    loggers = [CSVMetricsLogger(run_dir),
-               WandbLogger(config.logging.wandb, config.logging.project, run_dir, config=to_dict(config),
-                           name=run_dir.name, group=config.experiment, job_type=config.selector.name)]
+    loggers: list[Any] = [CSVMetricsLogger(run_dir)]
+    wandb = WandbLogger(config.logging.wandb, config.logging.project, run_dir, config=to_dict(config),
+                        name=run_dir.name, group=config.experiment, job_type=config.selector.name)
+    if wandb.mode != "disabled":
+        loggers.append(wandb)
     fabric = build_fabric(config, all_callbacks, loggers)
 
     store = ClientStore(dataset.x_train, dataset.y_train, parts, seed=config.seed, device=fabric.device)

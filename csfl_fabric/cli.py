@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one experiment from a YAML config",
                          description="Run CONFIG with key=value overrides, e.g. "
-                         "`csfl-fabric run configs/quickstart.yaml rounds.num_rounds=5 selector.name=heuristic.random`.")
+                         "`csfl-fabric run configs/quickstart.yaml rounds.num_rounds=5 train.lr=0.1`.")
     run.add_argument("config", help="YAML config file (see configs/)")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=0.1")
     lst = sub.add_parser("list", help="list registered components with one-line descriptions")

@@ -263,7 +263,8 @@ def _one_line(e: OmegaConfBaseException) -> ConfigError:
     if isinstance(e, ConfigKeyError):
         parent, _, leaf = key.rpartition(".")
         valid = _schema_keys(parent)
-        hint = f" Valid keys{f' under `{parent}`' if parent else ''} (closest first): {', '.join(closest_first(leaf, valid))}."
+        where = f" under `{parent}`" if parent else ""
+        hint = f" Valid keys{where} (closest first): {', '.join(closest_first(leaf, valid))}."
         return ConfigError(f"Unknown config key `{key}`.{hint if valid else ''}")
     if isinstance(e, ValidationError):
         expected = _schema_type(key)
@@ -330,7 +331,8 @@ def validate(config: Config) -> None:
     if c.rounds.target_accuracy is not None and not 0 < c.rounds.target_accuracy <= 1:
         raise ConfigError(f"Expected `rounds.target_accuracy` to be in (0, 1] but got {c.rounds.target_accuracy}.")
     for key, choices in CHOICES.items():
-        value = OmegaConf.select(OmegaConf.structured(c), key)
+        section, _, leaf = key.partition(".")
+        value = getattr(getattr(c, section), leaf)
         if value not in choices:
             raise ConfigError(
                 f"Unknown value {value!r} for `{key}`. Valid choices (closest first): "

@@ -50,6 +50,11 @@ class CSVMetricsLogger(Logger):
         self._files["metrics.csv"].append({k: v for k, v in row.items() if k not in wall})
         self._files["timing.csv"].append({"round": step, **wall})
 
+    @override
+    def finalize(self, status: str) -> None:
+        for f in self._files.values():
+            f.close()
+
     def truncate(self, num_rounds: int) -> None:
         """Keep only rows of rounds < ``num_rounds`` (used on resume, so rows are neither lost nor repeated)."""
         for f in self._files.values():
@@ -60,6 +65,7 @@ class _CSVFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.header: list[str] = []
+        self._fh: Any = None  # kept open between rounds; flushed after every row
         if path.exists():
             with path.open(newline="") as fh:
                 self.header = next(csv.reader(fh), [])
@@ -71,6 +77,7 @@ class _CSVFile:
             return list(csv.DictReader(fh))
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        self.close()
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=self.header)
@@ -85,8 +92,15 @@ class _CSVFile:
             self.header += new
             self._rewrite([*self._rows(), row])
             return
-        with self.path.open("a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=self.header).writerow(row)
+        if self._fh is None:
+            self._fh = self.path.open("a", newline="")
+        csv.DictWriter(self._fh, fieldnames=self.header).writerow(row)
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
     def truncate(self, num_rounds: int) -> None:
         if self.path.exists():

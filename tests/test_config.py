@@ -110,7 +110,8 @@ def test_cli_user_errors_exit_2_with_one_line(overrides: list[str], tmp_path: Pa
     code = main(["run", str(SMOKE), f"logging.dir={runs}", *overrides])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.count("\n") == 1 and err.startswith("csfl-fabric: error:")
+    assert err.count("\n") == 1
+    assert err.startswith("csfl-fabric: error:")
     assert "Traceback" not in err
     assert not runs.exists(), "a rejected config must leave no run directory"
 

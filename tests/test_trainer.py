@@ -29,7 +29,8 @@ def test_fit_changes_params_and_reports_counts_and_loss() -> None:
     assert result.num_samples == 25
     assert result.num_steps == 6  # ceil(25 / 10) batches x 2 epochs
     assert result.samples_processed == 50
-    assert np.isfinite(result.loss) and result.loss > 0
+    assert np.isfinite(result.loss)
+    assert result.loss > 0
     assert result.loss_sq_sum >= result.loss**2 * 50 * 0.99  # Jensen: mean of squares >= square of mean
     assert any(not torch.equal(params[k], start[k]) for k in start)
     # The global params handed in are not modified by training.
@@ -50,7 +51,8 @@ def test_fit_starts_every_client_from_the_given_params() -> None:
 def test_local_steps_override_epochs() -> None:
     trainer, store = _setup(TrainSettings(batch_size=4, local_steps=3))
     _, result = trainer.fit(trainer.global_params(), store.client(0, 0))
-    assert result.num_steps == 3 and result.samples_processed == 12
+    assert result.num_steps == 3
+    assert result.samples_processed == 12
 
 
 def test_fedprox_mu_pulls_towards_the_global_model() -> None:

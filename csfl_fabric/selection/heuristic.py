@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing_extensions import override
-
 import numpy as np
+from typing_extensions import override
 
 from csfl_fabric.registry import SELECTORS
 from csfl_fabric.selection.base import ClientSelector

@@ -1,0 +1,47 @@
+"""A bare, hand-written PyTorch FedAvg loop: the baseline every speed figure is a ratio against.
+
+No Fabric, no callbacks, no logging: one reused model, weights copied in, SGD, a weighted sum.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def bare_fedavg(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray], *, rounds: int, per_round: int,
+                batch_size: int, lr: float, seed: int = 0) -> list[float]:
+    """Run ``rounds`` rounds of FedAvg (1 local epoch, SGD) and return the seconds of each round."""
+    rng = np.random.default_rng(seed)
+    idx = [torch.as_tensor(p, dtype=torch.long) for p in parts]
+    tensors = list(model.state_dict(keep_vars=True).values())
+    global_w = [t.detach().clone() for t in tensors]
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        chosen = rng.choice(len(parts), size=per_round, replace=False)
+        acc = [torch.zeros_like(t, dtype=torch.float32) for t in global_w]
+        total = 0.0
+        for c in chosen:
+            with torch.no_grad():
+                torch._foreach_copy_(tensors, global_w)
+            client = idx[c]
+            perm = client[torch.randperm(len(client), generator=gen)]
+            for b in range(0, len(perm), batch_size):
+                batch = perm[b : b + batch_size]
+                loss = F.cross_entropy(model(x.index_select(0, batch)), y.index_select(0, batch))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                torch._foreach_add_(acc, [t.detach().float() for t in tensors], alpha=float(len(client)))
+            total += len(client)
+        global_w = [a / total for a in acc]
+        times.append(time.perf_counter() - start)
+    return times

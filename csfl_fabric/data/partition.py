@@ -1,0 +1,197 @@
+"""Partitioners: plain functions that split a dataset's train set among clients, registered in `PARTITIONERS`.
+
+Signature: ``(dataset, num_clients, rng, **params) -> list[np.ndarray]``, one sorted int64 index array into
+``dataset.x_train`` per client. The arrays are disjoint and together cover the train set. ``params`` are
+keyword-only with defaults, so the registry can reject unknown names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from csfl_fabric.data.datasets import FederatedDataset
+from csfl_fabric.errors import ConfigError
+from csfl_fabric.registry import PARTITIONERS
+
+#: Dirichlet draws to try before giving up on ``min_size``; each try is O(N), so this stays cheap.
+MAX_DIRICHLET_TRIES = 1000
+
+
+def _param(name: str, value: Any, ok: bool, fix: str) -> None:
+    """Raise a `ConfigError` naming ``data.partition.params.<name>`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"Invalid `data.partition.params.{name}={value!r}`: {fix}.")
+
+
+def _labels(dataset: FederatedDataset, num_clients: int, min_per_client: int = 1) -> np.ndarray:
+    """The train labels as numpy, after checking that ``num_clients`` clients can get a sample each."""
+    n = len(dataset.y_train)
+    if not 1 <= num_clients * min_per_client <= n:
+        raise ConfigError(
+            f"Invalid `data.num_clients={num_clients}`: the train set has {n} samples, too few to give each "
+            f"client {min_per_client}; use at most {n // max(min_per_client, 1)} clients."
+        )
+    return dataset.y_train.numpy() if dataset.y_train.device.type == "cpu" else dataset.y_train.cpu().numpy()
+
+
+def _sorted(parts: list[np.ndarray]) -> list[np.ndarray]:
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+@PARTITIONERS.register("iid")
+def iid(dataset: FederatedDataset, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle the train set and cut it into ``num_clients`` parts whose sizes differ by at most one.
+
+    The IID baseline of McMahan et al., "Communication-Efficient Learning of Deep Networks from
+    Decentralized Data", AISTATS 2017, https://arxiv.org/abs/1602.05629.
+
+    Args:
+        dataset: the dataset to split.
+        num_clients: number of clients.
+        rng: draws the shuffle.
+
+    Returns:
+        One sorted int64 index array per client.
+
+    >>> import torch
+    >>> y = torch.tensor([0, 0, 1, 1, 2, 2, 3])
+    >>> ds = FederatedDataset(torch.zeros(7, 1), y, torch.zeros(0, 1), y[:0], 4, (1,))
+    >>> parts = iid(ds, 3, np.random.default_rng(0))
+    >>> [len(p) for p in parts], sorted(np.concatenate(parts).tolist())
+    ([3, 2, 2], [0, 1, 2, 3, 4, 5, 6])
+    """
+    n = len(_labels(dataset, num_clients))
+    return _sorted(np.array_split(rng.permutation(n), num_clients))
+
+
+def _dirichlet_once(labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """One draw: for each class, split its shuffled samples among clients by proportions ~ Dir(alpha)."""
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        cuts = (np.cumsum(rng.dirichlet(np.full(num_clients, alpha))) * len(idx)).astype(np.int64)[:-1]
+        for client, chunk in enumerate(np.split(idx, cuts)):
+            parts[client].append(chunk)
+    return [np.concatenate(p) for p in parts]
+
+
+@PARTITIONERS.register("dirichlet")
+def dirichlet(
+    dataset: FederatedDataset, num_clients: int, rng: np.random.Generator, *, alpha: float = 0.5, min_size: int = 1
+) -> list[np.ndarray]:
+    """Label skew: each class is split among clients by proportions drawn from Dir(alpha).
+
+    Hsu et al., "Measuring the Effects of Non-Identical Data Distribution for Federated Visual
+    Classification", 2019, https://arxiv.org/abs/1909.06335. Small ``alpha`` (0.1) gives each client few
+    classes; large ``alpha`` (100) approaches IID. The whole draw is repeated with the same ``rng`` until
+    every client has at least ``min_size`` samples (at most `MAX_DIRICHLET_TRIES` times).
+
+    Args:
+        dataset: the dataset to split.
+        num_clients: number of clients.
+        rng: draws the shuffles and proportions.
+        alpha: Dirichlet concentration, > 0.
+        min_size: the fewest samples any client may get, >= 0.
+
+    Returns:
+        One sorted int64 index array per client.
+
+    Raises:
+        ConfigError: a bad param, or no draw met ``min_size`` within the allowed tries.
+
+    >>> import torch
+    >>> y = torch.tensor([0] * 6 + [1] * 6)
+    >>> ds = FederatedDataset(torch.zeros(12, 1), y, torch.zeros(0, 1), y[:0], 2, (1,))
+    >>> parts = dirichlet(ds, 3, np.random.default_rng(0), alpha=0.5, min_size=2)
+    >>> sorted(np.concatenate(parts).tolist()) == list(range(12)), min(len(p) for p in parts) >= 2
+    (True, True)
+    """
+    _param("alpha", alpha, isinstance(alpha, (int, float)) and alpha > 0, "use a concentration > 0, e.g. 0.5")
+    _param("min_size", min_size, isinstance(min_size, int) and min_size >= 0, "use an integer >= 0, e.g. 1")
+    labels = _labels(dataset, num_clients, max(min_size, 1))
+    for _ in range(MAX_DIRICHLET_TRIES):
+        parts = _dirichlet_once(labels, num_clients, alpha, rng)
+        if min(len(p) for p in parts) >= min_size:
+            return _sorted(parts)
+    raise ConfigError(
+        f"Invalid `data.partition.params.alpha={alpha}`: no Dirichlet draw in {MAX_DIRICHLET_TRIES} tries gave "
+        f"each of `data.num_clients={num_clients}` clients `min_size={min_size}` of {len(labels)} samples; "
+        "raise `alpha`, lower `data.partition.params.min_size` or use fewer clients."
+    )
+
+
+@PARTITIONERS.register("shards")
+def shards(
+    dataset: FederatedDataset, num_clients: int, rng: np.random.Generator, *, shards_per_client: int = 2
+) -> list[np.ndarray]:
+    """Pathological non-IID: sort by label, cut into equal shards, deal ``shards_per_client`` to each client.
+
+    McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
+    AISTATS 2017, https://arxiv.org/abs/1602.05629 (MNIST: 200 shards of 300, 2 per client). As in the
+    paper, a shard may straddle two labels when class sizes are not multiples of the shard size, so most
+    (not all) clients see at most ``shards_per_client`` labels.
+
+    Args:
+        dataset: the dataset to split.
+        num_clients: number of clients.
+        rng: deals the shards.
+        shards_per_client: shards given to each client, >= 1.
+
+    Returns:
+        One sorted int64 index array per client.
+
+    >>> import torch
+    >>> y = torch.tensor([3, 2, 1, 0, 3, 2, 1, 0])
+    >>> ds = FederatedDataset(torch.zeros(8, 1), y, torch.zeros(0, 1), y[:0], 4, (1,))
+    >>> parts = shards(ds, 2, np.random.default_rng(0), shards_per_client=2)
+    >>> [len(p) for p in parts], [len(set(y[p].tolist())) for p in parts]
+    ([4, 4], [2, 2])
+    """
+    _param("shards_per_client", shards_per_client, isinstance(shards_per_client, int) and shards_per_client >= 1,
+           "use an integer >= 1, e.g. 2")  # fmt: skip
+    labels = _labels(dataset, num_clients, shards_per_client)
+    # Stable sort: within a label, samples keep their dataset order, so the shards do not depend on rng.
+    pieces = np.array_split(np.argsort(labels, kind="stable"), num_clients * shards_per_client)
+    dealt = rng.permutation(len(pieces)).reshape(num_clients, shards_per_client)
+    return _sorted([np.concatenate([pieces[s] for s in row]) for row in dealt])
+
+
+@PARTITIONERS.register("natural")
+def natural(dataset: FederatedDataset, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """The dataset's own clients (e.g. the devices of FedProx's ``synthetic``); ``rng`` is unused.
+
+    Caldas et al., "LEAF: A Benchmark for Federated Settings", 2018, https://arxiv.org/abs/1812.01097,
+    argue for evaluating on such natural partitions.
+
+    Args:
+        dataset: a dataset with ``client_indices``.
+        num_clients: must equal the number of natural clients.
+        rng: unused.
+
+    Returns:
+        One sorted int64 index array per client.
+
+    Raises:
+        ConfigError: the dataset has no clients of its own, or ``num_clients`` differs from their count.
+
+    >>> import torch
+    >>> y = torch.tensor([0, 1, 1])
+    >>> natural_clients = [np.array([2, 0]), np.array([1])]
+    >>> ds = FederatedDataset(torch.zeros(3, 1), y, torch.zeros(0, 1), y[:0], 2, (1,), natural_clients)
+    >>> [p.tolist() for p in natural(ds, 2, np.random.default_rng(0))]
+    [[0, 2], [1]]
+    """
+    if dataset.client_indices is None:
+        raise ConfigError(
+            "Invalid `data.partition.name=natural`: this dataset has no clients of its own; use "
+            "`data.dataset=synthetic` or another partition (iid, dirichlet, shards)."
+        )
+    found = len(dataset.client_indices)
+    if found != num_clients:
+        raise ConfigError(
+            f"Invalid `data.num_clients={num_clients}`: the dataset has {found} natural clients; "
+            f"set `data.num_clients={found}`."
+        )
+    return _sorted(list(dataset.client_indices))

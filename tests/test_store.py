@@ -1,0 +1,113 @@
+"""Tests for ClientStore: coverage per epoch, steps mode, order-independent seeding, no per-client copies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from csfl_fabric.data import ClientStore
+
+
+def _store(seed: int = 0, n: int = 23, num_clients: int = 3) -> ClientStore:
+    x = torch.arange(n, dtype=torch.float32).unsqueeze(1).repeat(1, 4)  # row i holds the value i
+    y = torch.arange(n)
+    parts = np.array_split(np.random.default_rng(0).permutation(n), num_clients)
+    return ClientStore(x, y, parts, seed=seed)
+
+
+def _ids(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[list[int]]:
+    return [yb.tolist() for _, yb in batches]
+
+
+def test_properties() -> None:
+    store = _store()
+    assert store.num_clients == 3
+    assert store.num_samples.dtype == np.int64
+    assert store.num_samples.tolist() == [8, 8, 7]
+    store.num_samples[0] = 99  # a copy: the store does not change
+    assert store.num_samples[0] == 8
+
+
+def test_batches_cover_every_sample_once_per_epoch() -> None:
+    store = _store()
+    client = store.client(0, round_idx=0)
+    owned = sorted(client.arrays()[1].tolist())
+    batches = list(client.batches(3, epochs=2))
+    assert [len(yb) for _, yb in batches] == [3, 3, 2] * 2, "the last partial batch is kept"
+    first, second = sum(_ids(batches[:3]), []), sum(_ids(batches[3:]), [])
+    assert sorted(first) == owned
+    assert sorted(second) == owned
+    assert first != second, "each epoch draws a fresh permutation"
+    for xb, yb in batches:
+        assert torch.equal(xb[:, 0].long(), yb), "inputs and labels stay aligned"
+
+
+@pytest.mark.parametrize("steps", [1, 3, 4, 7, 20])
+def test_steps_mode_yields_exactly_steps_batches(steps: int) -> None:
+    client = _store().client(1, round_idx=0)
+    batches = list(client.batches(3, epochs=1, steps=steps))
+    assert len(batches) == steps
+    # Steps cycle through whole fresh epochs: every full epoch covers the client's 8 samples once.
+    flat = sum(_ids(batches), [])
+    per_epoch = [flat[i : i + 8] for i in range(0, len(flat) - len(flat) % 8, 8)]
+    assert all(sorted(e) == sorted(client.arrays()[1].tolist()) for e in per_epoch)
+
+
+def test_zero_steps_and_zero_epochs_yield_nothing() -> None:
+    client = _store().client(0, round_idx=0)
+    assert list(client.batches(4, steps=0)) == []
+    assert list(client.batches(4, epochs=0)) == []
+
+
+def test_same_seed_round_client_gives_identical_batches_regardless_of_order() -> None:
+    forward = {c: _ids(list(_store(seed=5).client(c, round_idx=2).batches(2))) for c in range(3)}
+    store = _store(seed=5)
+    store.client(0, round_idx=9)  # unrelated calls in between must not matter
+    backward = {c: _ids(list(store.client(c, round_idx=2).batches(2))) for c in reversed(range(3))}
+    assert forward == backward
+    client = store.client(1, round_idx=2)
+    assert _ids(list(client.batches(2))) == _ids(list(client.batches(2))), "iterating twice repeats the order"
+
+
+def test_different_round_or_seed_changes_the_order() -> None:
+    store = _store(seed=5)
+    r0 = _ids(list(store.client(0, round_idx=0).batches(8)))
+    r1 = _ids(list(store.client(0, round_idx=1).batches(8)))
+    other_seed = _ids(list(_store(seed=6).client(0, round_idx=0).batches(8)))
+    assert sorted(r0[0]) == sorted(r1[0])
+    assert r0 != r1
+    assert r0 != other_seed
+
+
+def test_the_store_does_not_copy_x_per_client() -> None:
+    x = torch.randn(50, 3, 8, 8)
+    y = torch.randint(0, 10, (50,))
+    store = ClientStore(x, y, np.array_split(np.arange(50), 5), seed=0)
+    assert store.x.data_ptr() == x.data_ptr(), "on its own device the data is not even copied once"
+    clients = [store.client(c, round_idx=0) for c in range(5)]
+    assert all(c.x.data_ptr() == x.data_ptr() and c.y.data_ptr() == y.data_ptr() for c in clients)
+    assert all(c.indices.dtype == torch.int64 for c in clients)
+
+
+def test_arrays_returns_the_clients_samples() -> None:
+    store = _store()
+    xs, ys = store.client(2, round_idx=0).arrays()
+    assert xs.shape == (7, 4)
+    assert torch.equal(xs[:, 0].long(), ys)
+
+
+def test_empty_client_yields_nothing() -> None:
+    store = ClientStore(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), [np.arange(4), np.array([])], seed=0)
+    assert store.num_samples.tolist() == [4, 0]
+    assert list(store.client(1, round_idx=0).batches(2, steps=5)) == []
+
+
+def test_invalid_arguments_raise() -> None:
+    store = _store()
+    with pytest.raises(ValueError, match="client_id"):
+        store.client(3, round_idx=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        next(store.client(0, round_idx=0).batches(0))
+    with pytest.raises(ValueError, match="indices outside"):
+        ClientStore(torch.zeros(3, 1), torch.zeros(3, dtype=torch.long), [np.array([0, 5])], seed=0)
