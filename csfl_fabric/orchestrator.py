@@ -101,16 +101,7 @@ class Orchestrator:
         self.fabric.call("on_selection", state=state, selection=selection)
 
         # 2. Train each client from the same global params and fold its params into the running sum at once.
-        self.aggregator.reset(self.global_params)
-        results: list[ClientResult] = []
-        for i, client_id in enumerate(selection.ids.tolist()):
-            self.fabric.call("on_client_start", state=state, client_id=client_id)
-            params, result = self.trainer.fit(self.global_params, self.store.client(client_id, r))
-            weight = float(selection.weights[i]) if selection.weights is not None else float(result.num_samples)
-            self.aggregator.update(params, weight)
-            del params  # views of the reused model: only the running sum survives the client
-            results.append(result)
-            self.fabric.call("on_client_end", state=state, client_id=client_id, result=result)
+        results = self._train(selection, r)
 
         # 3. Aggregate into the new global model.
         self.global_params = self.aggregator.compute()
@@ -129,6 +120,20 @@ class Orchestrator:
         # 6. Callbacks may add metrics or ask to stop; then one log call per round.
         self.fabric.call("on_round_end", state=state, metrics=state.metrics, orchestrator=self)
         self.fabric.log_dict(state.metrics, step=r)
+
+    def _train(self, selection: Selection, r: int) -> list[ClientResult]:
+        state = self.state
+        self.aggregator.reset(self.global_params)
+        results: list[ClientResult] = []
+        for i, client_id in enumerate(selection.ids.tolist()):
+            self.fabric.call("on_client_start", state=state, client_id=client_id)
+            params, result = self.trainer.fit(self.global_params, self.store.client(client_id, r))
+            weight = float(selection.weights[i]) if selection.weights is not None else float(result.num_samples)
+            self.aggregator.update(params, weight)
+            del params  # views of the reused model: only the running sum survives the client
+            results.append(result)
+            self.fabric.call("on_client_end", state=state, client_id=client_id, result=result)
+        return results
 
     def _context(self, r: int) -> SelectionContext:
         return SelectionContext(
