@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from csfl_fabric.build import build_run
+from csfl_fabric.callbacks.memory import release_memory
 from csfl_fabric.config import Config, load_config, to_yaml
 from csfl_fabric.loggers import read_metrics
 from csfl_fabric.state import Params
@@ -49,5 +50,9 @@ def run(
     built.run_dir.mkdir(parents=True, exist_ok=True)
     (built.run_dir / "config.yaml").write_text(to_yaml(cfg))
     built.orchestrator.run()
-    return RunResult(run_dir=built.run_dir, config=cfg, metrics=read_metrics(built.run_dir),
-                     summary=dict(built.orchestrator.summary), params=built.orchestrator.global_params)
+    result = RunResult(run_dir=built.run_dir, config=cfg, metrics=read_metrics(built.run_dir),
+                       summary=dict(built.orchestrator.summary), params=built.orchestrator.global_params)
+    # Several runs in one process (a comparison) must not accumulate: drop this run's objects now, not at exit.
+    del built
+    release_memory()
+    return result

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from lightning.fabric import Fabric
 
+from csfl_fabric.callbacks.memory import EmptyCudaCache, GarbageCollect, MemoryMonitor, MemoryPolicy, RamGuard
 from csfl_fabric.callbacks.progress import RichProgress
-from csfl_fabric.config import Config, to_dict
+from csfl_fabric.config import Config, MemoryConfig, to_dict
 from csfl_fabric.data.datasets import FederatedDataset
 from csfl_fabric.data.store import ClientStore
 from csfl_fabric.errors import ConfigError
@@ -82,6 +83,19 @@ def build_dataset(config: Config) -> tuple[FederatedDataset, list[np.ndarray]]:
     return dataset, parts
 
 
+def build_memory_policies(memory: MemoryConfig) -> list[MemoryPolicy]:
+    """The `memory:` section as callbacks; a RamGuard cleanup runs before the monitor reads."""
+    policies: list[MemoryPolicy] = []
+    if memory.gc_every > 0:
+        policies.append(GarbageCollect(memory.gc_every))
+    if memory.empty_cache_every > 0:
+        policies.append(EmptyCudaCache(memory.empty_cache_every))
+    policies.append(RamGuard(memory.ram_threshold, memory.abort_threshold))
+    if memory.monitor:
+        policies.append(MemoryMonitor())
+    return policies
+
+
 def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequence[Any] = ()) -> Run:
     """Build a ready-to-run `Run` from a validated config; nothing is written to disk yet.
 
@@ -97,6 +111,7 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
     all_callbacks: list[Any] = []
     if config.logging.progress:
         all_callbacks.append(RichProgress(f"{config.experiment} {run_name(config)}"))
+    all_callbacks.extend(build_memory_policies(config.memory))
     all_callbacks.extend(callbacks)
     loggers: list[Any] = [CSVMetricsLogger(run_dir)]
     wandb = WandbLogger(config.logging.wandb, config.logging.project, run_dir, config=to_dict(config),
@@ -105,7 +120,9 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
         loggers.append(wandb)
     fabric = build_fabric(config, all_callbacks, loggers)
 
-    store = ClientStore(dataset.x_train, dataset.y_train, parts, seed=config.seed, device=fabric.device)
+    d = config.data
+    store = ClientStore(dataset.x_train, dataset.y_train, parts, seed=config.seed, device=fabric.device,
+                        loader=d.loader, num_workers=d.num_workers, max_cached_loaders=d.max_cached_loaders)
     # The initial model depends on the seed only, so every method of a comparison starts from the same weights.
     torch.manual_seed(int(stream(config.seed, "model").integers(2**63 - 1)))
     model = MODELS.build(config.train.model, config.train.model_params, input_shape=dataset.input_shape,

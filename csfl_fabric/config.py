@@ -34,6 +34,11 @@ class DataConfig:
     download: bool = False
     num_clients: int = 100
     partition: PartitionConfig = field(default_factory=PartitionConfig)
+    # `tensor`: batches sliced from the shared tensors (default). `dataloader`: a DataLoader per client, created
+    # on first use and kept in an LRU cache of `max_cached_loaders` (for data served by worker processes).
+    loader: str = "tensor"
+    num_workers: int = 0
+    max_cached_loaders: int = 16
 
 
 @dataclass
@@ -89,6 +94,8 @@ class MemoryConfig:
     gc_every: int = 1
     empty_cache_every: int = 5
     ram_threshold: float = 0.70
+    abort_threshold: float | None = None
+    monitor: bool = True
 
 
 @dataclass
@@ -149,6 +156,7 @@ COMPONENTS: tuple[tuple[str, str, Registry], ...] = (
 # In these sections any key other than name/params is a param: `selector.d=5` means `selector.params.d=5`.
 _SHORTHAND_SECTIONS = ("data.partition", "selector", "aggregator")
 CHOICES: dict[str, tuple[str, ...]] = {
+    "data.loader": ("tensor", "dataloader"),
     "train.optimizer": ("sgd", "adam"),
     "train.backend": ("sequential", "cohort"),
     "logging.wandb": ("offline", "online", "disabled"),
@@ -309,6 +317,8 @@ def validate(config: Config) -> None:
     _at_least("fabric.num_nodes", c.fabric.num_nodes, 1)
     _at_least("memory.gc_every", c.memory.gc_every, 0)
     _at_least("memory.empty_cache_every", c.memory.empty_cache_every, 0)
+    _at_least("data.num_workers", c.data.num_workers, 0)
+    _at_least("data.max_cached_loaders", c.data.max_cached_loaders, 1)
     _at_least("checkpoint.every_n_rounds", c.checkpoint.every_n_rounds, 0)
     _at_least("checkpoint.keep", c.checkpoint.keep, 1)
     if c.train.local_steps is not None:
@@ -328,6 +338,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"Expected `train.clip_grad_norm` to be > 0 or null but got {c.train.clip_grad_norm}.")
     if not 0 < c.memory.ram_threshold <= 1:
         raise ConfigError(f"Expected `memory.ram_threshold` to be in (0, 1] but got {c.memory.ram_threshold}.")
+    if c.memory.abort_threshold is not None and not c.memory.ram_threshold <= c.memory.abort_threshold <= 1:
+        raise ConfigError(f"Expected `memory.abort_threshold` to be in [memory.ram_threshold={c.memory.ram_threshold}"
+                          f", 1] or null but got {c.memory.abort_threshold}.")
     if c.rounds.target_accuracy is not None and not 0 < c.rounds.target_accuracy <= 1:
         raise ConfigError(f"Expected `rounds.target_accuracy` to be in (0, 1] but got {c.rounds.target_accuracy}.")
     for key, choices in CHOICES.items():

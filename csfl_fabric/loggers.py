@@ -12,12 +12,18 @@ from typing import Any
 from lightning.fabric.loggers.logger import Logger
 from typing_extensions import override
 
-#: Wall-clock columns differ between identical runs, so they go to timing.csv and metrics.csv stays reproducible.
+#: Columns that differ between identical runs (wall-clock times, memory readings) go to side files by key
+#: prefix, so that metrics.csv stays byte-identical for the same config and seed. W&B gets every column.
 WALL_PREFIX = "time/wall"
+MEMORY_PREFIX = "mem/"
+SIDE_FILES: dict[str, tuple[str, ...]] = {"timing.csv": (WALL_PREFIX,), "system.csv": (MEMORY_PREFIX,)}
 
 
 class CSVMetricsLogger(Logger):
-    """Writes one row per round to ``metrics.csv`` (deterministic) and ``timing.csv`` (wall-clock times).
+    """Writes one row per round to ``metrics.csv`` (deterministic) and the side files of `SIDE_FILES`.
+
+    ``timing.csv`` gets the wall-clock times, ``system.csv`` the memory readings (``mem/*``), each in the rounds
+    that have such columns.
 
     Rows are appended and flushed every round, so a killed run keeps every finished round. When a
     new metric appears (evaluation every few rounds, a callback's key), the file is rewritten once
@@ -26,8 +32,7 @@ class CSVMetricsLogger(Logger):
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
-        self._files = {"metrics.csv": _CSVFile(self.run_dir / "metrics.csv"),
-                       "timing.csv": _CSVFile(self.run_dir / "timing.csv")}
+        self._files = {name: _CSVFile(self.run_dir / name) for name in ("metrics.csv", *SIDE_FILES)}
 
     @property
     @override
@@ -45,10 +50,12 @@ class CSVMetricsLogger(Logger):
 
     @override
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        row = {"round": step, **{k: v for k, v in metrics.items() if k != "round"}}
-        wall = {k: v for k, v in row.items() if k.startswith(WALL_PREFIX)}
-        self._files["metrics.csv"].append({k: v for k, v in row.items() if k not in wall})
-        self._files["timing.csv"].append({"round": step, **wall})
+        row = {k: v for k, v in metrics.items() if k != "round"}
+        for name, prefixes in SIDE_FILES.items():
+            side = {k: row.pop(k) for k in [k for k in row if k.startswith(prefixes)]}
+            if side:
+                self._files[name].append({"round": step, **side})
+        self._files["metrics.csv"].append({"round": step, **row})
 
     @override
     def finalize(self, status: str) -> None:

@@ -12,6 +12,7 @@ from lightning.fabric import Fabric
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from csfl_fabric.callbacks.memory import register_releasable
 from csfl_fabric.data.store import ClientData
 from csfl_fabric.state import ClientResult, Params
 
@@ -69,6 +70,14 @@ class ClientTrainer:
         self._param_keys = [k for k, t in state.items() if isinstance(t, nn.Parameter)]
         metrics = {"acc": MulticlassAccuracy(num_classes), "f1": MulticlassF1Score(num_classes, average="macro")}
         self._metrics = {k: m.to(fabric.device) for k, m in metrics.items()}
+        register_releasable(self.release)
+
+    def release(self) -> None:
+        """Free what is rebuilt on demand: gradients, optimizer state, metric states (called between clients)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.state.clear()  # `fit` clears it per client anyway
+        for m in self._metrics.values():
+            m.reset()
 
     def global_params(self) -> Params:
         """A detached copy of the model's current weights and buffers."""

@@ -1,5 +1,29 @@
-"""Reusable callbacks: hooks named ``on_<run|round|client>_<start|end>``, dispatched by `fabric.call`."""
+"""Reusable callbacks: hooks named ``on_<run|round|client>_<start|end>``, dispatched by `fabric.call`.
+
+The Lightning adapters live in `csfl_fabric.callbacks.lightning` (not imported here: it loads ``lightning.pytorch``).
+"""
 
 from csfl_fabric.callbacks.base import HOOKS, Callback
+from csfl_fabric.callbacks.memory import (
+    EmptyCudaCache,
+    GarbageCollect,
+    MemoryMonitor,
+    MemoryPolicy,
+    RamGuard,
+    emergency_cleanup,
+    register_releasable,
+    release_memory,
+)
 
-__all__ = ["HOOKS", "Callback"]
+__all__ = [
+    "HOOKS",
+    "Callback",
+    "EmptyCudaCache",
+    "GarbageCollect",
+    "MemoryMonitor",
+    "MemoryPolicy",
+    "RamGuard",
+    "emergency_cleanup",
+    "register_releasable",
+    "release_memory",
+]

@@ -1,6 +1,7 @@
 """`ClientStore`: the train tensors held once, and each client as an index tensor into them.
 
-Memory is O(1) in the number of clients: no per-client copies, no `DataLoader`, no worker processes.
+Memory is O(1) in the number of clients: no per-client copies and, by default, no `DataLoader` and no worker
+processes (the optional ``dataloader`` mode keeps a bounded cache of per-client loaders).
 Batches are ``index_select`` slices of the shared tensors, in an order seeded from
 ``(seed, round_idx, client_id)`` alone, so they do not depend on the order in which clients are trained
 or on which process trains them.
@@ -8,13 +9,15 @@ or on which process trains them.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from csfl_fabric.callbacks.memory import register_releasable
+from csfl_fabric.data.loaders import ClientLoader, LoaderCache, batch_indices
 
 _MASK64 = (1 << 64) - 1
 
@@ -48,6 +51,8 @@ class ClientData:
         y: the store's shared labels (not a copy).
         indices: int64 indices of the client's samples, on the same device as ``x``.
         seed: seed of the CPU generator that orders the batches.
+        loader: in the store's ``dataloader`` mode, returns this client's (cached or recreated) loader.
+        device: where batches go when ``x`` lives elsewhere (``dataloader`` mode); None: where ``x`` is.
     """
 
     client_id: int
@@ -56,6 +61,8 @@ class ClientData:
     y: Tensor
     indices: Tensor
     seed: int
+    loader: Callable[[], ClientLoader] | None = None
+    device: torch.device | None = None
 
     def batches(self, batch_size: int, *, epochs: int = 1, steps: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``(x, y)`` mini-batches, each epoch in a fresh random order; the last partial batch is kept.
@@ -76,23 +83,16 @@ class ClientData:
             raise ValueError(f"Expected `steps` >= 0 or None but got {steps}.")
         if epochs < 0:
             raise ValueError(f"Expected `epochs` >= 0 but got {epochs}.")
-        if self.num_samples == 0 or steps == 0:
+        if self.loader is not None:
+            yield from self.loader().batches(self.seed, batch_size, epochs, steps)
             return
-        # CPU generator: CUDA generators differ by device and PyTorch version; the permutation is tiny anyway.
-        generator = torch.Generator().manual_seed(self.seed)
-        yielded = 0
-        for _ in itertools.count() if steps is not None else range(epochs):
-            order = self.indices[torch.randperm(self.num_samples, generator=generator).to(self.indices.device)]
-            for start in range(0, self.num_samples, batch_size):
-                if yielded == steps:
-                    return
-                idx = order[start : start + batch_size]
-                yield self.x.index_select(0, idx), self.y.index_select(0, idx)
-                yielded += 1
+        for idx in batch_indices(self.indices, self.seed, batch_size, epochs, steps):
+            yield self.x.index_select(0, idx), self.y.index_select(0, idx)
 
     def arrays(self) -> tuple[Tensor, Tensor]:
         """All of the client's samples, in index order (a copy of this client's rows only)."""
-        return self.x.index_select(0, self.indices), self.y.index_select(0, self.indices)
+        x, y = self.x.index_select(0, self.indices), self.y.index_select(0, self.indices)
+        return (x, y) if self.device is None else (x.to(self.device), y.to(self.device))
 
 
 class ClientStore:
@@ -103,7 +103,13 @@ class ClientStore:
         y: labels, same first dimension as ``x``.
         client_indices: one index array into ``x`` per client (e.g. a partitioner's output).
         seed: run seed; with the round and client it seeds each client's batch order.
-        device: where the tensors live; they are moved there once, here.
+        device: where the tensors live; they are moved there once, here. In ``dataloader`` mode they stay where
+            they are and each batch is moved to ``device``.
+        loader: ``tensor`` (batches sliced from the shared tensors) or ``dataloader`` (a lazily created
+            `DataLoader` per client, kept in an LRU cache of ``max_cached_loaders`` that the memory policies
+            may empty; see `csfl_fabric.data.loaders`). Both give identical batches.
+        num_workers: worker processes per loader in ``dataloader`` mode.
+        max_cached_loaders: loaders kept at once in ``dataloader`` mode.
 
     >>> store = ClientStore(torch.arange(6.0), torch.arange(6), [np.array([0, 1, 2]), np.array([3, 4, 5])], seed=0)
     >>> store.num_samples.tolist()
@@ -120,7 +126,12 @@ class ClientStore:
         client_indices: Sequence[np.ndarray],
         seed: int,
         device: torch.device | str = "cpu",
+        loader: str = "tensor",
+        num_workers: int = 0,
+        max_cached_loaders: int = 16,
     ) -> None:
+        if loader not in ("tensor", "dataloader"):
+            raise ValueError(f"Expected `loader` to be 'tensor' or 'dataloader' but got {loader!r}.")
         if x.shape[0] != y.shape[0]:
             raise ValueError(
                 f"Expected `x` and `y` with the same number of samples but got {x.shape[0]} and {y.shape[0]}."
@@ -130,14 +141,26 @@ class ClientStore:
         self.device = torch.device(device)
         self.seed = int(seed)
         # `.to` returns the tensor itself when it is already there, so the CPU case copies nothing.
-        self.x = x.to(self.device)
-        self.y = y.to(self.device)
+        home = self.device if loader == "tensor" else x.device
+        self.x = x.to(home)
+        self.y = y.to(home)
         arrays = [np.asarray(ix, dtype=np.int64).reshape(-1) for ix in client_indices]
         for client_id, ix in enumerate(arrays):
             if ix.size and (ix.min() < 0 or ix.max() >= x.shape[0]):
                 raise ValueError(f"Client {client_id} has indices outside [0, {x.shape[0]}).")
         self._num_samples = np.array([ix.size for ix in arrays], dtype=np.int64)
-        self._indices = [torch.from_numpy(ix).to(self.device) for ix in arrays]
+        self._indices = [torch.from_numpy(ix).to(home) for ix in arrays]
+        self.loaders: LoaderCache | None = None
+        if loader == "dataloader":
+            self.loaders = LoaderCache(
+                lambda c: ClientLoader(self.x, self.y, self._indices[c], num_workers, self.device), max_cached_loaders
+            )
+            register_releasable(self.release)
+
+    def release(self) -> None:
+        """Drop the cached loaders (and their worker processes); each is recreated on its client's next use."""
+        if self.loaders is not None:
+            self.loaders.clear()
 
     @property
     def num_clients(self) -> int:
@@ -162,4 +185,6 @@ class ClientStore:
             y=self.y,
             indices=self._indices[client_id],
             seed=_client_seed(self.seed, int(round_idx), int(client_id)),
+            loader=None if self.loaders is None else lambda: self.loaders.get(client_id),  # type: ignore[union-attr]
+            device=None if self.loaders is None else self.device,
         )
