@@ -54,5 +54,5 @@ def run(
                        summary=dict(built.orchestrator.summary), params=built.orchestrator.global_params)
     # Several runs in one process (a comparison) must not accumulate: drop this run's objects now, not at exit.
     del built
-    release_memory()
+    release_memory(passes=1)
     return result

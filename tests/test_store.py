@@ -111,3 +111,49 @@ def test_invalid_arguments_raise() -> None:
         next(store.client(0, round_idx=0).batches(0))
     with pytest.raises(ValueError, match="indices outside"):
         ClientStore(torch.zeros(3, 1), torch.zeros(3, dtype=torch.long), [np.array([0, 5])], seed=0)
+
+
+def test_dataloader_mode_gives_the_tensor_paths_batches_and_recreates_evicted_loaders() -> None:
+    # Prepare: the same data in both modes; a cache of 2 loaders for 3 clients forces evictions.
+    x, y = torch.randn(23, 2, 3), torch.arange(23) % 4
+    parts = [np.arange(0, 8), np.arange(8, 16), np.arange(16, 23)]
+    tensor = ClientStore(x, y, parts, seed=3)
+    lazy = ClientStore(x, y, parts, seed=3, loader="dataloader", max_cached_loaders=2)
+    assert lazy.loaders is not None and len(lazy.loaders) == 0  # nothing is created up front
+
+    def batches(store: ClientStore, c: int, r: int, **kw: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(store.client(c, r).batches(3, **kw))
+
+    for r, c in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 1)]:
+        for kw in ({"epochs": 2}, {"steps": 5}):
+            expected, got = batches(tensor, c, r, **kw), batches(lazy, c, r, **kw)
+            assert len(got) == len(expected) > 0
+            for (xe, ye), (xg, yg) in zip(expected, got, strict=True):
+                assert torch.equal(xe, xg)
+                assert torch.equal(ye, yg)
+                assert yg.dtype == torch.int64
+        assert len(lazy.loaders) <= 2
+    assert lazy.loaders.created > 3  # evicted loaders were recreated on their client's next use
+    # Released loaders come back on demand, with the same batches; arrays() is the client's rows in index order.
+    lazy.release()
+    assert len(lazy.loaders) == 0
+    assert torch.equal(batches(lazy, 2, 7)[0][0], batches(tensor, 2, 7)[0][0])
+    xa, ya = lazy.client(1, 0).arrays()
+    assert torch.equal(xa, x[8:16])
+    assert torch.equal(ya, y[8:16])
+
+
+def test_dataloader_mode_with_worker_processes_gives_the_same_batches() -> None:
+    x, y = torch.randn(20, 4), torch.arange(20)
+    parts = [np.arange(0, 10), np.arange(10, 20)]
+    expected = [xb for xb, _ in ClientStore(x, y, parts, seed=1).client(1, 4).batches(4, epochs=2)]
+    lazy = ClientStore(x, y, parts, seed=1, loader="dataloader", num_workers=1, max_cached_loaders=1)
+    for _ in range(2):  # the second pass reuses the cached loader's persistent worker
+        got = [xb for xb, _ in lazy.client(1, 4).batches(4, epochs=2)]
+        assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+    lazy.release()
+
+
+def test_unknown_loader_mode_is_rejected() -> None:
+    with pytest.raises(ValueError, match="`loader`"):
+        ClientStore(torch.zeros(2), torch.zeros(2, dtype=torch.int64), [np.array([0, 1])], seed=0, loader="disk")

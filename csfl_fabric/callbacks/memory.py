@@ -64,13 +64,9 @@ def release_memory(passes: int = 3) -> CleanupReport:
     fns = _live_releasables()
     for fn in fns:
         fn()
-    # Objects frozen by `GarbageCollect` (everything alive when the run started) are collected too, then refrozen.
-    frozen = gc.get_freeze_count() > 0
-    if frozen:
-        gc.unfreeze()
+    # During a run, objects frozen by `GarbageCollect` (alive when it started) are skipped: that keeps a pass at
+    # milliseconds instead of ~0.3 s. Between runs they are unfrozen and collected.
     collected = sum(gc.collect() for _ in range(passes))
-    if frozen:
-        gc.freeze()
     _malloc_trim()
     return CleanupReport(released=len(fns), collected=collected, cuda_freed=empty_cuda_cache())
 
