@@ -54,7 +54,9 @@ class _Constraint:
 
 
 def read_ram(
-    proc_root: str | Path = "/proc", cgroup_root: str | Path = "/sys/fs/cgroup", environ: Mapping[str, str] | None = None
+    proc_root: str | Path = "/proc",
+    cgroup_root: str | Path = "/sys/fs/cgroup",
+    environ: Mapping[str, str] | None = None,
 ) -> RamReading:
     """The binding memory limit of this process and the usage counted against it.
 
@@ -108,7 +110,8 @@ def _cgroup_usage(level: Path, usage_file: str, inactive_keys: tuple[str, ...]) 
 
 def _slurm(environ: Mapping[str, str], proc_root: Path) -> list[_Constraint]:
     per_node = _int_or_none(environ.get("SLURM_MEM_PER_NODE", ""))
-    per_cpu, cpus = _int_or_none(environ.get("SLURM_MEM_PER_CPU", "")), _int_or_none(environ.get("SLURM_CPUS_ON_NODE", ""))
+    per_cpu = _int_or_none(environ.get("SLURM_MEM_PER_CPU", ""))
+    cpus = _int_or_none(environ.get("SLURM_CPUS_ON_NODE", ""))
     mb = per_node if per_node else (per_cpu * cpus if per_cpu and cpus else None)
     if not mb:  # 0 means "all of the node's memory" to SLURM
         return []
@@ -119,7 +122,8 @@ def _physical(proc_root: Path) -> _Constraint:
     info = _keyed(_read(proc_root / "meminfo"))
     if "MemTotal" in info:
         total = info["MemTotal"] * 1024
-        return _Constraint(total, "physical", lambda: total - _keyed(_read(proc_root / "meminfo"))["MemAvailable"] * 1024)
+        return _Constraint(total, "physical",
+                           lambda: total - _keyed(_read(proc_root / "meminfo")).get("MemAvailable", 0) * 1024)
     import psutil  # not Linux: no /proc
 
     vm = psutil.virtual_memory()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gc
 from pathlib import Path
+
 import pytest
 import torch
 

@@ -119,7 +119,8 @@ def test_dataloader_mode_gives_the_tensor_paths_batches_and_recreates_evicted_lo
     parts = [np.arange(0, 8), np.arange(8, 16), np.arange(16, 23)]
     tensor = ClientStore(x, y, parts, seed=3)
     lazy = ClientStore(x, y, parts, seed=3, loader="dataloader", max_cached_loaders=2)
-    assert lazy.loaders is not None and len(lazy.loaders) == 0  # nothing is created up front
+    assert lazy.loaders is not None
+    assert len(lazy.loaders) == 0  # nothing is created up front
 
     def batches(store: ClientStore, c: int, r: int, **kw: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return list(store.client(c, r).batches(3, **kw))

@@ -11,6 +11,7 @@ collects garbage and empties the CUDA cache, and `emergency_cleanup` does the sa
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -96,10 +97,8 @@ def empty_cuda_cache() -> int:
 
 def _malloc_trim() -> None:
     # glibc keeps freed heap pages mapped; hand them back so that memory measured after a cleanup is real.
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 class MemoryPolicy(Callback):
@@ -259,8 +258,12 @@ class MemoryMonitor(MemoryPolicy):
         self.reader = reader
 
     def read(self) -> dict[str, float]:
-        """``mem/ram_used_gb`` and ``mem/ram_frac`` (container-aware), ``mem/process_gb`` (this process and its
-        children, shared pages counted once), ``mem/cuda_allocated_gb`` and ``mem/cuda_reserved_gb``."""
+        """The figures, in GiB and as a fraction of the limit.
+
+        ``mem/ram_used_gb`` and ``mem/ram_frac`` (container-aware, see `read_ram`), ``mem/process_gb`` (this
+        process and its children, shared pages counted once, see `process_memory`), ``mem/cuda_allocated_gb``
+        and ``mem/cuda_reserved_gb``.
+        """
         ram = (self.reader or read_ram)()
         allocated, reserved = cuda_memory()
         return {"mem/ram_used_gb": ram.used / GIB, "mem/ram_frac": ram.frac, "mem/process_gb": process_memory() / GIB,
