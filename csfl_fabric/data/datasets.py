@@ -253,6 +253,6 @@ def fashion_mnist(*, root: str, download: bool, num_clients: int, rng: np.random
 def cifar10(*, root: str, download: bool, num_clients: int, rng: np.random.Generator) -> FederatedDataset:
     """CIFAR-10 (Krizhevsky 2009) via torchvision: 50k/10k images of shape ``(3, 32, 32)``.
 
-    Read from ``{root}/FashionMNIST/raw`` (fetched if ``download``); standardised with train statistics.
+    Read from ``{root}/cifar-10-batches-py`` (fetched if ``download``); standardised per channel with train statistics.
     """
     return _load_torchvision("cifar10", "CIFAR10", "cifar-10-batches-py", root, download)
