@@ -84,3 +84,14 @@ def test_wandb_offline_run_writes_files(tmp_path: Path, monkeypatch: pytest.Monk
 def test_environment_mode_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert WandbLogger("online", "proj", tmp_path).mode == "disabled"
+
+
+def test_memory_readings_go_to_system_csv_not_metrics_csv(tmp_path: Path) -> None:
+    logger = CSVMetricsLogger(tmp_path)
+    logger.log_metrics({"train/loss": 1.0, "mem/process_gb": 0.5, "time/wall_round_s": 0.1}, step=0)
+    logger.log_metrics({"train/loss": 0.5, "time/wall_round_s": 0.2}, step=1)  # a round without readings
+    logger.log_metrics({"train/loss": 0.25, "mem/process_gb": 0.75, "mem/emergency_cleanups": 1.0}, step=2)
+    logger.finalize("success")
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["round,train/loss", "0,1.0", "1,0.5", "2,0.25"]
+    assert (tmp_path / "system.csv").read_text().splitlines() == [
+        "round,mem/process_gb,mem/emergency_cleanups", "0,0.5,", "2,0.75,1.0"]
