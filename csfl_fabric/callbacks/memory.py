@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+import types
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,10 +35,10 @@ _RELEASABLE: list[Callable[[], Callable[[], Any] | None]] = []
 def register_releasable(fn: Callable[[], Any]) -> None:
     """Register ``fn`` to be called by `release_memory`: it must free a cache that refills itself on demand.
 
-    A bound method is held through a weak reference (registering does not keep its object alive);
-    a plain function is held as it is.
+    A bound method of a Python object is held through a weak reference (registering does not keep the object
+    alive); anything else (a function, ``some_dict.clear``) is held as it is.
     """
-    ref = weakref.WeakMethod(fn) if hasattr(fn, "__self__") else (lambda: fn)
+    ref = weakref.WeakMethod(fn) if isinstance(fn, types.MethodType) else (lambda: fn)
     _RELEASABLE.append(ref)  # type: ignore[arg-type]
 
 
