@@ -3,9 +3,10 @@
 Memory is `csfl_fabric.memory_accounting.process_memory`: anonymous and shared memory of the process and its
 children, pages shared between them counted once (PSS); each part runs in fresh child processes.
 
-1. Peak memory (sampled after every client and round) of a 3-round run with 10, 100, 1000 and 5000 clients
-   (in that order, in one process per dataset) on the same data: digits tiled 4x (5748 samples, CNN) and Synthetic(0.5, 0.5) with 100 devices pooled (logreg),
-   split IID. Target peak(5000) / peak(10) <= 1.10, and 0 worker processes.
+1. Peak memory (sampled after every client and round) of a 3-round run with 10, 100, 1000 and 5000
+   clients (in that order, in one process per dataset) on the same data: digits tiled 4x (5748 samples,
+   CNN) and Synthetic(0.5, 0.5) with 100 devices pooled (logreg), split IID. Target peak(5000) / peak(10)
+   <= 1.10, and 0 worker processes.
 2. Memory at round 10 and round 300 of a 1000-client run (digits, logreg, eval every 10 rounds), with three
    methods one after another in one process: FedAvg, FedAvgM, FedAdam (the branch has one selector, so the
    methods differ in the server optimizer). Target: growth <= 2% against round 10 of the first method.
@@ -176,7 +177,8 @@ def main() -> None:
     if args.child:
         _register_datasets()
         kind, *rest = args.child
-        result = {"peak": lambda: child_peak(rest[0], [int(n) for n in rest[1:]]), "rounds": lambda: child_rounds(1000, args.rounds),
+        result = {"peak": lambda: child_peak(rest[0], [int(n) for n in rest[1:]]),
+                  "rounds": lambda: child_rounds(1000, args.rounds),
                   "naive": lambda: child_naive(int(rest[0]), 2)}[kind]()
         print(json.dumps(result))
         return

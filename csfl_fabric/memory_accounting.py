@@ -16,6 +16,7 @@ from psutil. Imports nothing from the rest of the package.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -96,8 +97,8 @@ def _walk(base: Path, path: str, version: str, limit_file: str, usage_file: str,
         limit = _int_or_none(_read(level / limit_file))
         if limit is None or limit >= _UNLIMITED:
             continue
-        found.append(_Constraint(limit, f"cgroup {version} {rel}",
-                                 lambda lv=level: _cgroup_usage(lv, usage_file, inactive_keys)))
+        usage = functools.partial(_cgroup_usage, level, usage_file, inactive_keys)
+        found.append(_Constraint(limit, f"cgroup {version} {rel}", usage))
     return found
 
 

@@ -124,20 +124,20 @@ class MemoryPolicy(Callback):
     def round_end(self, round_idx: int, metrics: dict[str, float]) -> None:
         """Call after each round (or epoch) of your loop; may add ``mem/*`` entries to ``metrics``."""
 
-    def on_run_start(self) -> None:
+    def on_run_start(self, state: Any, orchestrator: Any) -> None:
         """Run `run_start`."""
         self.run_start()
 
-    def on_run_end(self) -> None:
+    def on_run_end(self, state: Any, orchestrator: Any) -> None:
         """Run `run_end`."""
         self.run_end()
 
-    def on_client_end(self, state: Any) -> None:
+    def on_client_end(self, state: Any, client_id: int, result: Any) -> None:
         """Run `client_end` and pass on a stop request."""
         self.client_end()
         self._forward_stop(state)
 
-    def on_round_end(self, state: Any, metrics: dict[str, float]) -> None:
+    def on_round_end(self, state: Any, metrics: dict[str, float], orchestrator: Any) -> None:
         """Run `round_end` and pass on a stop request."""
         self.round_end(state.round, metrics)
         self._forward_stop(state)
