@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from lightning.fabric import Fabric
 
-from csfl_fabric.callbacks.memory import EmptyCudaCache, GarbageCollect, MemoryMonitor, MemoryPolicy, RamGuard
+from csfl_fabric.callbacks.memory import EmptyCudaCache, GarbageCollect, MemoryMonitor, MemoryPolicies, RamGuard
 from csfl_fabric.callbacks.progress import RichProgress
 from csfl_fabric.config import Config, MemoryConfig, to_dict
 from csfl_fabric.data.datasets import FederatedDataset
@@ -83,17 +83,14 @@ def build_dataset(config: Config) -> tuple[FederatedDataset, list[np.ndarray]]:
     return dataset, parts
 
 
-def build_memory_policies(memory: MemoryConfig) -> list[MemoryPolicy]:
-    """The `memory:` section as callbacks; a RamGuard cleanup runs before the monitor reads."""
-    policies: list[MemoryPolicy] = []
-    if memory.gc_every > 0:
-        policies.append(GarbageCollect(memory.gc_every))
-    if memory.empty_cache_every > 0:
-        policies.append(EmptyCudaCache(memory.empty_cache_every))
-    policies.append(RamGuard(memory.ram_threshold, memory.abort_threshold))
-    if memory.monitor:
-        policies.append(MemoryMonitor())
-    return policies
+def build_memory_policies(memory: MemoryConfig) -> MemoryPolicies:
+    """The `memory:` section as one callback; a RamGuard cleanup runs before the monitor reads."""
+    m = memory
+    policies = [GarbageCollect(m.gc_every) if m.gc_every > 0 else None,
+                EmptyCudaCache(m.empty_cache_every) if m.empty_cache_every > 0 else None,
+                RamGuard(m.ram_threshold, m.abort_threshold),
+                MemoryMonitor() if m.monitor else None]
+    return MemoryPolicies(*(p for p in policies if p is not None))
 
 
 def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequence[Any] = ()) -> Run:
@@ -111,7 +108,7 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
     all_callbacks: list[Any] = []
     if config.logging.progress:
         all_callbacks.append(RichProgress(f"{config.experiment} {run_name(config)}"))
-    all_callbacks.extend(build_memory_policies(config.memory))
+    all_callbacks.append(build_memory_policies(config.memory))
     all_callbacks.extend(callbacks)
     loggers: list[Any] = [CSVMetricsLogger(run_dir)]
     wandb = WandbLogger(config.logging.wandb, config.logging.project, run_dir, config=to_dict(config),

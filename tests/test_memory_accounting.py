@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from csfl_fabric.memory_accounting import GIB, descendants, process_memory, read_ram
+from csfl_fabric.memory_accounting import GIB, RamReader, descendants, process_memory, read_ram
 
 MIB = 1024**2
 MEMINFO = "MemTotal:       33554432 kB\nMemFree:         1000000 kB\nMemAvailable:   25165824 kB\n"  # 32 GiB, 24 free
@@ -138,3 +138,22 @@ def test_reading_this_machine_gives_a_sane_fraction() -> None:
     reading = read_ram()
     assert 0 < reading.used < reading.limit
     assert 0 < reading.frac < 1
+
+
+def test_descendants_from_task_children_files(tmp_path: Path) -> None:
+    # Kernels with CONFIG_PROC_CHILDREN list each thread's children: no scan of every process needed.
+    root = tmp_path / "proc"
+    _write(root, {"10/task/10/children": "11 ", "10/task/13/children": "14\n", "11/task/11/children": "12",
+                  "12/task/12/children": "", "14/task/14/children": ""})
+    assert sorted(descendants(10, root)) == [11, 12, 14]
+
+
+def test_ram_reader_finds_the_limit_once_and_reads_usage_every_time(proc: Path, tmp_path: Path) -> None:
+    cg = tmp_path / "cgroup"
+    _write(proc, {"self/cgroup": "0::/job\n"})
+    _write(cg, {"cgroup.controllers": "memory\n", "job/memory.max": f"{GIB}\n", "job/memory.current": f"{GIB // 4}\n"})
+    reader = RamReader(refresh_s=3600, proc_root=proc, cgroup_root=cg, environ={})
+    assert reader().frac == 0.25
+    _write(cg, {"job/memory.current": f"{GIB // 2}\n", "job/memory.max": f"{2 * GIB}\n"})
+    assert (reader().used, reader().limit) == (GIB // 2, GIB)  # the new usage, the limit found before
+    assert read_ram(proc, cg, environ={}).limit == 2 * GIB  # an uncached reading sees the new limit

@@ -85,7 +85,7 @@ def test_ram_guard_cleanups_leave_metrics_csv_unchanged(
     plain = run(SMOKE, [*overrides, f"logging.dir={tmp_path / 'plain'}"])
     released: list[int] = []
     register_releasable(lambda: released.append(1))
-    monkeypatch.setattr(memory, "read_ram", lambda: _fake_reading(0.95))
+    monkeypatch.setattr(memory, "ram_reading", lambda: _fake_reading(0.95))
     guarded = run(SMOKE, [*overrides, f"logging.dir={tmp_path / 'guarded'}", "memory.ram_threshold=0.9"])
     # Assert: identical numbers, a cleanup after every client (4) and every round (1), counted in system.csv.
     assert (plain.run_dir / "metrics.csv").read_bytes() == (guarded.run_dir / "metrics.csv").read_bytes()
@@ -105,7 +105,7 @@ def test_ram_guard_logs_one_line_per_cleanup(caplog: pytest.LogCaptureFixture) -
 
 
 def test_ram_guard_abort_threshold_stops_the_run_cleanly(smoke: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory, "read_ram", lambda: _fake_reading(0.97))
+    monkeypatch.setattr(memory, "ram_reading", lambda: _fake_reading(0.97))
     result = run(SMOKE, [*smoke, "rounds.num_rounds=5", "memory.ram_threshold=0.8", "memory.abort_threshold=0.95"])
     # The stop request comes after the first client; the round finishes, is logged, and the run ends.
     assert result.summary["rounds_completed"] == 1
@@ -174,3 +174,19 @@ def test_three_runs_in_one_process_do_not_accumulate_memory(tmp_path: Path) -> N
         after.append(process_memory())
     assert abs(after[2] - after[0]) / after[0] <= 0.05, [a / 2**20 for a in after]
 
+
+
+def test_memory_section_builds_the_policies_in_order() -> None:
+    from csfl_fabric.build import build_memory_policies
+    from csfl_fabric.config import MemoryConfig
+
+    policies = build_memory_policies(MemoryConfig(gc_every=2, empty_cache_every=0, ram_threshold=0.8,
+                                                  abort_threshold=0.9, monitor=True))
+    assert [type(p).__name__ for p in policies.policies] == ["GarbageCollect", "RamGuard", "MemoryMonitor"]
+    collect, guard = policies.policies[:2]
+    assert isinstance(collect, GarbageCollect)
+    assert collect.every_n_rounds == 2
+    assert isinstance(guard, RamGuard)
+    assert (guard.threshold, guard.abort_threshold) == (0.8, 0.9)
+    off = build_memory_policies(MemoryConfig(gc_every=0, monitor=False))
+    assert [type(p).__name__ for p in off.policies] == ["EmptyCudaCache", "RamGuard"]

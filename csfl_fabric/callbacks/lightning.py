@@ -14,7 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from csfl_fabric.callbacks.memory import MemoryPolicy
+from csfl_fabric.callbacks.memory import MemoryPolicies, MemoryPolicy
 
 
 class LightningMemoryPolicies(pl.Callback):
@@ -26,18 +26,16 @@ class LightningMemoryPolicies(pl.Callback):
     """
 
     def __init__(self, *policies: MemoryPolicy, log: bool = True) -> None:
-        self.policies = policies
+        self.policies = MemoryPolicies(*policies)
         self.log = log
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for p in self.policies:
-            p.run_start()
+        self.policies.run_start()
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for p in self.policies:
-            p.run_end()
+        self.policies.run_end()
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -46,19 +44,13 @@ class LightningMemoryPolicies(pl.Callback):
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        for p in self.policies:
-            p.client_end()
-        self._forward_stop(trainer)
+        self.policies.client_end()
+        trainer.should_stop = trainer.should_stop or self.policies.should_stop
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics: dict[str, float] = {}
-        for p in self.policies:
-            p.round_end(trainer.current_epoch, metrics)
+        self.policies.round_end(trainer.current_epoch, metrics)
         if self.log and metrics:
             pl_module.log_dict(metrics, on_step=False, on_epoch=True)
-        self._forward_stop(trainer)
-
-    def _forward_stop(self, trainer: pl.Trainer) -> None:
-        if any(p.should_stop for p in self.policies):
-            trainer.should_stop = True
+        trainer.should_stop = trainer.should_stop or self.policies.should_stop
