@@ -208,7 +208,9 @@ def main() -> None:
     print(f"   naive: peak {naive['peak'] / GIB:.3f} GiB, {naive['workers']} worker processes"
           f"{', stopped at the cap' if naive['stopped_at_cap'] else ''}")
     print(f"   csfl_fabric: peak {ours['peak'] / GIB:.3f} GiB, {ours['workers']} worker processes")
-    print(f"   naive / csfl_fabric: {naive['peak'] / ours['peak']:.1f}x")
+    extra = (naive["peak"] - ours["peak"]) / n
+    print(f"   naive / csfl_fabric: {naive['peak'] / ours['peak']:.1f}x; the naive layout adds {extra / 2**20:.0f} MiB "
+          f"a client, so it would pass {CAP / GIB:.0f} GiB at about {(CAP - ours['peak']) / extra:.0f} clients")
     print(f"\n({time.perf_counter() - started:.0f} s)")
 
 
