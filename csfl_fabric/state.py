@@ -84,7 +84,9 @@ class SelectionContext:
         num_samples: training samples per client, indexed by client id (all clients).
         history: per-client history (last loss, times selected, last round seen).
         rng: the selection stream's seeded generator; selectors draw from it only.
-        probe: returns the current loss of the global model on each given client (its cost is counted).
+        probe: ``probe(ids, batch_size=None)`` returns the current loss of the global model on each given
+            client: on its full local data, or with ``batch_size=b`` on its first seeded mini-batch of b
+            samples of this round (its cost is counted).
         profiles: per-client system profiles (speeds, bandwidths) when simulated, else None.
     """
 
@@ -94,7 +96,7 @@ class SelectionContext:
     num_samples: np.ndarray
     history: ClientHistory
     rng: np.random.Generator
-    probe: Callable[[Sequence[int]], np.ndarray]
+    probe: Callable[..., np.ndarray]
     profiles: Any = None
 
 
@@ -117,11 +119,20 @@ class Selection:
 
 @dataclass(frozen=True)
 class Feedback:
-    """What a selector learns after a round: the selection and what the trained clients reported."""
+    """What a selector learns after a round: the selection and what the trained clients reported.
+
+    Attributes:
+        round: the round that just ran.
+        selection: what the selector returned for it.
+        results: one `ClientResult` per trained client, in training order.
+        updates: each trained client's flattened update (its params minus the global params it started
+            from, float32, on the CPU), only when the selector sets ``needs_updates``; else None.
+    """
 
     round: int
     selection: Selection
     results: Sequence[ClientResult]
+    updates: dict[int, Tensor] | None = None
 
 
 @dataclass
