@@ -126,7 +126,7 @@ def facility_location_greedy(dist: np.ndarray, m: int, candidates: Sequence[int]
     while heap and len(chosen) < m:
         _, pos, c = heapq.heappop(heap)
         gain = _gain(dist, nearest, c)
-        if not heap or -gain <= heap[0][0]:
+        if not heap or (-gain, pos) <= heap[0][:2]:  # also ties: the lower position wins, as in plain greedy
             chosen.append(c)
             np.minimum(nearest, dist[:, c], out=nearest)
         else:
