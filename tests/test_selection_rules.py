@@ -290,3 +290,13 @@ def test_divfl_takes_unseen_clients_then_diverse_ones() -> None:
     sel = selector.select(_ctx([10] * 4, 2, rng, round_idx=1))
     assert sorted(int(c) // 2 for c in sel.ids) == [0, 1]  # one client from each pair
     assert sorted(sel.scores.tolist()) == [2.0, 2.0]  # each covers its pair
+
+
+@pytest.mark.parametrize(("name", "param", "value"), [
+    ("heuristic.pow_d", "d", 0), ("heuristic.cpow_d", "batch_size", 0), ("heuristic.round_robin", "shuffle", "yes"),
+    ("heuristic.loss", "epsilon", 2), ("learning.ucb", "gamma", 0), ("learning.ucb", "reward", "gain"),
+    ("learning.afl", "alpha1", 1.0), ("learning.afl", "alpha2", "x"), ("learning.afl", "alpha3", True),
+])
+def test_bad_params_are_one_line_errors_naming_the_key(name: str, param: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"^Invalid `selector.params.{param}={value!r}`: "):
+        SELECTORS.build(name, {param: value})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,18 @@ def check_param(name: str, value: object, ok: bool, hint: str) -> None:
     """
     if not ok:
         raise ConfigError(f"Invalid `selector.params.{name}={value!r}`: {hint}.")
+
+
+def check_number(name: str, value: object, ok: Callable[[float], bool], hint: str) -> None:
+    """Like `check_param` for a numeric param: also a one-line `ConfigError` when ``value`` is not a number.
+
+    >>> check_number("gamma", "high", lambda v: 0 < v <= 1, "use a value in (0, 1]")
+    Traceback (most recent call last):
+    ...
+    csfl_fabric.errors.ConfigError: Invalid `selector.params.gamma='high'`: use a value in (0, 1].
+    """
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    check_param(name, value, is_number and ok(float(value)), hint)  # type: ignore[arg-type]
 
 
 def size_probs(ctx: SelectionContext) -> np.ndarray:

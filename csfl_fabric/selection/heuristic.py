@@ -14,7 +14,7 @@ import numpy as np
 from typing_extensions import override
 
 from csfl_fabric.registry import SELECTORS
-from csfl_fabric.selection.base import ClientSelector, check_param, size_probs
+from csfl_fabric.selection.base import ClientSelector, check_number, check_param, size_probs
 from csfl_fabric.state import Selection, SelectionContext
 
 
@@ -118,7 +118,7 @@ class _PowerOfChoice(ClientSelector):
     """
 
     def __init__(self, d: int | None = None) -> None:
-        check_param("d", d, d is None or (isinstance(d, int) and d >= 1),
+        check_param("d", d, d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 1),
                     "use an integer >= clients_per_round, or null for 2 x clients_per_round")
         self.d = d
 
@@ -217,8 +217,7 @@ class LossSelector(ClientSelector):
     """
 
     def __init__(self, epsilon: float = 0.1) -> None:
-        ok = isinstance(epsilon, (int, float)) and 0 <= epsilon <= 1
-        check_param("epsilon", epsilon, ok, "use a value in [0, 1]")
+        check_number("epsilon", epsilon, lambda v: 0 <= v <= 1, "use a value in [0, 1]")
         self.epsilon = float(epsilon)
 
     @override

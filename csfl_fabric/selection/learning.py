@@ -15,7 +15,7 @@ from scipy.cluster.hierarchy import ClusterWarning, linkage
 from typing_extensions import override
 
 from csfl_fabric.registry import SELECTORS
-from csfl_fabric.selection.base import ClientSelector, check_param, size_probs
+from csfl_fabric.selection.base import ClientSelector, check_number, check_param, size_probs
 from csfl_fabric.selection.sampling import draw_from_urns, facility_location_greedy, similarity_urns, size_urns
 from csfl_fabric.state import Feedback, Selection, SelectionContext
 
@@ -50,8 +50,8 @@ class UCBSelector(ClientSelector):
     """
 
     def __init__(self, gamma: float = 0.9, c: float = 1.0, reward: str = "loss") -> None:
-        check_param("gamma", gamma, isinstance(gamma, (int, float)) and 0 < gamma <= 1, "use a value in (0, 1]")
-        check_param("c", c, isinstance(c, (int, float)) and c >= 0, "use a value >= 0")
+        check_number("gamma", gamma, lambda v: 0 < v <= 1, "use a value in (0, 1]")
+        check_number("c", c, lambda v: v >= 0, "use a value >= 0")
         check_param("reward", reward, reward in _REWARDS, f"use one of {', '.join(_REWARDS)}")
         self.gamma, self.c, self.reward = float(gamma), float(c), reward
         self.reward_sum = np.zeros(0)
@@ -105,7 +105,8 @@ class ActiveFLSelector(ClientSelector):
     """Active Federated Learning (Goetz et al., 2019, https://arxiv.org/abs/1909.12641).
 
     Valuation ``v_k = sqrt(n_k) * loss_k`` (the summed loss over sqrt(n_k)), refreshed from the mean
-    training loss each time k trains and stale otherwise; clients not valued yet are probed once
+    training loss each time k trains and stale otherwise (the FedCor code refreshes it from the loss at the
+    received global model, which would cost an extra pass); clients not valued yet are probed once
     (``ctx.probe``: loss of the current global model on their data, as the FedCor reference code does
     for all clients before round 0). Each round, over the available clients: (1) the
     ``floor(alpha1 * K)`` lowest valuations are set aside; (2) ``floor((1 - alpha3) * k)`` clients are
@@ -120,10 +121,9 @@ class ActiveFLSelector(ClientSelector):
     """
 
     def __init__(self, alpha1: float = 0.75, alpha2: float = 0.01, alpha3: float = 0.1) -> None:
-        for name, value, ok, hint in (("alpha1", alpha1, 0 <= alpha1 < 1, "use a value in [0, 1)"),
-                                      ("alpha2", alpha2, alpha2 >= 0, "use a value >= 0"),
-                                      ("alpha3", alpha3, 0 <= alpha3 <= 1, "use a value in [0, 1]")):
-            check_param(name, value, isinstance(value, (int, float)) and ok, hint)
+        check_number("alpha1", alpha1, lambda v: 0 <= v < 1, "use a value in [0, 1)")
+        check_number("alpha2", alpha2, lambda v: v >= 0, "use a value >= 0")
+        check_number("alpha3", alpha3, lambda v: 0 <= v <= 1, "use a value in [0, 1]")
         self.alpha1, self.alpha2, self.alpha3 = float(alpha1), float(alpha2), float(alpha3)
         self.valuation = np.zeros(0)  # NaN: not valued yet
 
