@@ -141,9 +141,12 @@ def test_loss_selector_takes_top_stale_losses_and_explores() -> None:
     assert top.ids.tolist() == [4, 3]
     explored = SELECTORS.build("heuristic.loss", {"epsilon": 0.5})
     rng = np.random.default_rng(0)
-    seconds = [explored.select(_ctx([10] * 5, 2, rng, history=history)).ids for _ in range(300)]
-    assert all(s[0] == 4 for s in seconds)  # the exploit half
-    assert set(np.concatenate([s[1:] for s in seconds]).tolist()) == {0, 1, 2, 3}  # uniform over the rest
+    picks = [explored.select(_ctx([10] * 5, 2, rng, history=history)).ids for _ in range(2000)]
+    # Explorers ~ Binomial(2, 0.5): 0 -> {4, 3}; 1 -> 4 and one of {0..3}; 2 -> two of all five.
+    p4 = 0.25 + 0.5 + 0.25 * 2 / 5
+    assert np.mean([4 in p for p in picks]) == pytest.approx(p4, abs=4 * np.sqrt(p4 * (1 - p4) / 2000))
+    p0 = 0.5 * 1 / 4 + 0.25 * 2 / 5  # client 0 is never exploited
+    assert np.mean([0 in p for p in picks]) == pytest.approx(p0, abs=4 * np.sqrt(p0 * (1 - p0) / 2000))
 
 
 # --- learning.ucb ------------------------------------------------------------------------------------------------

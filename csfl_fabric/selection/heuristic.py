@@ -206,10 +206,11 @@ def stale_losses(ctx: SelectionContext, ids: np.ndarray) -> np.ndarray:
 class LossSelector(ClientSelector):
     """Top-k by last reported loss, epsilon exploration (d=K rpow-d, Cho et al. 2022, https://arxiv.org/abs/2010.01243).
 
-    Rule: n_explore = round(epsilon * k) clients uniformly at random from the available ones; the other
-    k - n_explore are the available clients with the highest last reported training loss
-    (``ctx.history.last_loss``; never-trained clients count as +inf; ties in random order), chosen
-    first, then the explorers from the rest. The d=K limit of rpow-d plus uniform exploration; the
+    Rule (epsilon-greedy per slot): each of the k slots explores with probability epsilon, so
+    n_explore ~ Binomial(k, epsilon) (a fixed round(epsilon k) would never explore for small k); the other
+    k - n_explore slots take the available clients with the highest last reported training loss
+    (``ctx.history.last_loss``; never-trained clients count as +inf; ties in random order), and the
+    explorers are drawn uniformly from the remaining available clients. The d=K limit of rpow-d plus uniform exploration; the
     "lossbased" baseline of the DivFL code. Aggregation: n-weighted (FedAvg).
 
     Args:
@@ -223,7 +224,7 @@ class LossSelector(ClientSelector):
     @override
     def select(self, ctx: SelectionContext) -> Selection:
         k = min(ctx.k, len(ctx.available))
-        explore = int(round(self.epsilon * k))
+        explore = int(ctx.rng.binomial(k, self.epsilon))
         # A random order first, so that a stable sort breaks ties (e.g. all +inf at the start) at random.
         order = ctx.rng.permutation(ctx.available)
         losses = stale_losses(ctx, order)
