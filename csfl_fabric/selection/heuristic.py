@@ -210,8 +210,8 @@ class LossSelector(ClientSelector):
     n_explore ~ Binomial(k, epsilon) (a fixed round(epsilon k) would never explore for small k); the other
     k - n_explore slots take the available clients with the highest last reported training loss
     (``ctx.history.last_loss``; never-trained clients count as +inf; ties in random order), and the
-    explorers are drawn uniformly from the remaining available clients. The d=K limit of rpow-d plus uniform exploration; the
-    "lossbased" baseline of the DivFL code. Aggregation: n-weighted (FedAvg).
+    explorers are drawn uniformly from the remaining available clients. The d=K limit of rpow-d plus
+    uniform exploration; the "lossbased" baseline of the DivFL code. Aggregation: n-weighted (FedAvg).
 
     Args:
         epsilon: fraction of each round's clients picked uniformly at random, in [0, 1].
