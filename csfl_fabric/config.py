@@ -277,7 +277,7 @@ def _normalize_shorthand(layer: dict[str, Any]) -> None:
         section = _section(layer, path)
         if section is None:
             continue
-        extra = [k for k in section if k not in ("name", "params", "import")]
+        extra = [k for k in section if k not in ("name", "params", "import", "module")]
         if extra:
             params = section.setdefault("params", {}) or {}
             section["params"] = params

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from csfl_fabric import run
-from csfl_fabric.config import load_config
+from csfl_fabric.config import load_config, to_yaml
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.registry import SELECTORS
 
@@ -88,6 +88,8 @@ def test_selector_import_registers_a_user_selector(tmp_path: Path, monkeypatch: 
     config = load_config(SMOKE, ["selector.import=my_selectors_plugin", "selector.name=user.first_k"])
     assert config.selector.module == "my_selectors_plugin"
     assert "user.first_k" in SELECTORS
+    (tmp_path / "resolved.yaml").write_text(to_yaml(config))  # what a run directory keeps, reloaded on resume
+    assert load_config(tmp_path / "resolved.yaml") == config
 
 
 def test_failing_selector_import_is_one_line(tmp_path: Path) -> None:
