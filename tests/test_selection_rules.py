@@ -232,6 +232,20 @@ def test_similarity_urns_put_similar_clients_in_one_urn() -> None:
     assert np.allclose(urns.sum(axis=0) / 2, 0.25)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_similarity_urns_are_valid_for_any_tree_and_sizes(seed: int) -> None:
+    from scipy.cluster.hierarchy import linkage
+
+    rng = np.random.default_rng(seed)
+    p = rng.lognormal(0, 1.5, 9)
+    p[0] = p.sum()  # one client heavier than 1/m: it must be spread over several urns
+    p /= p.sum()
+    urns = similarity_urns(linkage(rng.normal(size=(9, 3)), "ward"), p, 3, rng)
+    assert np.allclose(urns.sum(axis=1), 1.0)
+    assert np.allclose(urns.sum(axis=0) / 3, p)  # unbiased: expected weight p_k
+    assert (urns >= 0).all()
+
+
 def test_clustered_similarity_separates_update_directions() -> None:
     import torch
 
