@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +9,12 @@ import numpy as np
 import pytest
 
 from csfl_fabric import run
+from csfl_fabric.cli import main
 from csfl_fabric.config import load_config, to_yaml
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.registry import SELECTORS
 
-from .conftest import REPO, SMOKE
+from .conftest import SMOKE
 
 
 def test_pow_d_probes_d_clients_per_round(smoke: list[str]) -> None:
@@ -92,15 +90,19 @@ def test_selector_import_registers_a_user_selector(tmp_path: Path, monkeypatch: 
     assert load_config(tmp_path / "resolved.yaml") == config
 
 
-def test_failing_selector_import_is_one_line(tmp_path: Path) -> None:
+def test_failing_selector_import_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ConfigError, match=r"Could not import `selector.import=no_such_module_xyz` \(ModuleNotFound"):
         load_config(SMOKE, ["selector.import=no_such_module_xyz"])
-    proc = subprocess.run([sys.executable, "-m", "csfl_fabric", "run", str(SMOKE), "selector.import=no_such_module_xyz",
-                           f"logging.dir={tmp_path}"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1
-    assert "`selector.import=no_such_module_xyz`" in proc.stderr
+    # A module that fails inside its own code, with a two-line message: still one line, exit code 2.
+    (tmp_path / "broken_plugin_xyz.py").write_text("raise RuntimeError('boom\\nsecond line')\n")
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", str(SMOKE), "selector.import=broken_plugin_xyz", f"logging.dir={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "`selector.import=broken_plugin_xyz` (RuntimeError: boom second line)" in err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_plugin_run_from_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
