@@ -307,6 +307,19 @@ def test_divfl_takes_unseen_clients_then_diverse_ones() -> None:
     sel = selector.select(_ctx([10] * 4, 2, rng, round_idx=1))
     assert sorted(int(c) // 2 for c in sel.ids) == [0, 1]  # one client from each pair
     assert sorted(sel.scores.tolist()) == [2.0, 2.0]  # each covers its pair
+    assert sel.weights is None  # n-weighted, as the reference code
+    assert first.scores.tolist() == [1.0, 1.0]  # a client without a vector represents itself
+
+
+def test_divfl_coverage_weights() -> None:
+    import torch
+
+    selector = SELECTORS.build("learning.divfl", {"weights": "coverage"})
+    vecs = {0: [0.0, 0.0], 1: [0.0, 0.1], 2: [0.0, 0.2], 3: [4.0, 0.0]}
+    selector.update(Feedback(round=0, selection=Selection(ids=np.arange(4)), results=[],
+                             updates={c: torch.tensor(v) for c, v in vecs.items()}))
+    sel = selector.select(_ctx([10] * 4, 2, np.random.default_rng(0)))
+    assert dict(zip(sel.ids.tolist(), sel.weights.tolist(), strict=True)) == {1: 3.0, 3: 1.0}  # gamma = cluster sizes
 
 
 @pytest.mark.parametrize(("name", "param", "value"), [

@@ -20,6 +20,7 @@ from csfl_fabric.selection.sampling import draw_from_urns, facility_location_gre
 from csfl_fabric.state import Feedback, Selection, SelectionContext
 
 _REWARDS = ("loss", "loss_reduction")
+_DIVFL_WEIGHTS = ("samples", "coverage")
 
 
 def _grow(array: np.ndarray, n: int, fill: float) -> np.ndarray:
@@ -264,13 +265,20 @@ class DivFLSelector(ClientSelector):
     location is invariant to a common scale; over several steps it sums the steps' gradients). The reference
     collects all K gradients in an extra pass before round 0; here clients without a vector are selected
     first (in random order) instead, so every vector is known after about K/k rounds.
-    Aggregation: n-weighted (FedAvg), as the reference code; the paper's cluster-size weights are not used.
-    ``scores`` hold how many known clients each greedy pick covers (is nearest to); 0 for unseen picks.
+    ``scores`` hold how many clients each pick represents, itself included (the known clients nearest to
+    it; 1 for a client without a vector yet). Aggregation: ``weights="samples"`` keeps FedAvg's n-weighted
+    average, as the reference code does; ``weights="coverage"`` uses those counts, the paper's
+    cluster-size weights gamma (commented out in the reference code).
+
+    Args:
+        weights: ``"samples"`` or ``"coverage"``.
     """
 
     needs_updates = True
 
-    def __init__(self) -> None:
+    def __init__(self, weights: str = "samples") -> None:
+        check_param("weights", weights, weights in _DIVFL_WEIGHTS, f"use one of {', '.join(_DIVFL_WEIGHTS)}")
+        self.weights = weights
         self.updates: np.ndarray | None = None
         self.known = np.zeros(0, dtype=bool)
 
@@ -280,7 +288,7 @@ class DivFLSelector(ClientSelector):
         known[: len(self.known)] = self.known[: len(known)]
         k = min(ctx.k, len(ctx.available))
         chosen = ctx.rng.permutation(ctx.available[~known[ctx.available]])[:k].astype(np.int64)
-        scores = np.zeros(len(chosen))
+        scores = np.ones(len(chosen))
         if len(chosen) < k:
             rows = np.flatnonzero(known)
             g = _rows(self.updates, len(known))[rows].astype(np.float64)  # type: ignore[arg-type]
@@ -291,7 +299,7 @@ class DivFLSelector(ClientSelector):
             covered = np.bincount(np.argmin(dist[:, picked], axis=1), minlength=len(picked))
             chosen = np.concatenate([chosen, rows[picked]]).astype(np.int64)
             scores = np.concatenate([scores, covered.astype(float)])
-        return Selection(ids=chosen, scores=scores)
+        return Selection(ids=chosen, scores=scores, weights=scores if self.weights == "coverage" else None)
 
     @override
     def update(self, feedback: Feedback) -> None:
