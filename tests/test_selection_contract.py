@@ -85,3 +85,11 @@ def test_docstring_first_line_cites_a_paper(name: str) -> None:
     line = SELECTORS.describe(name)
     assert "http" in line, line
     assert any(str(year) in line for year in range(2015, 2030)), line
+
+
+def test_readme_methods_table_lists_every_selector() -> None:
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    missing = [name for name in SELECTORS.names() if f"| `{name}` |" not in readme]
+    assert not missing, f"add these selectors to the README's methods table: {missing}"
