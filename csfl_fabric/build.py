@@ -14,9 +14,9 @@ from lightning.fabric import Fabric
 
 from csfl_fabric.callbacks.progress import RichProgress
 from csfl_fabric.config import Config, to_dict
+from csfl_fabric.data import systems
 from csfl_fabric.data.datasets import FederatedDataset
 from csfl_fabric.data.store import ClientStore
-from csfl_fabric.data.systems import SystemModel, SystemProfiles, lognormal, read_profiles, read_trace, samples_per_round
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.loggers import CSVMetricsLogger, WandbLogger
 from csfl_fabric.orchestrator import Orchestrator, RoundSettings
@@ -83,24 +83,25 @@ def build_dataset(config: Config) -> tuple[FederatedDataset, list[np.ndarray]]:
     return dataset, parts
 
 
-def build_systems(config: Config, num_samples: np.ndarray, model_bytes: int) -> SystemModel:
+def build_systems(config: Config, num_samples: np.ndarray, model_bytes: int) -> systems.SystemModel:
     """The clients' system profiles, availability, dropouts and clock from the `systems:` section."""
     s, t = config.systems, config.train
     n = len(num_samples)
     if s.profiles:
-        speed, bandwidth = read_profiles(s.profiles, n)
+        speed, bandwidth = systems.read_profiles(s.profiles, n)
     else:
         rng = stream(config.seed, "systems")
-        speed = lognormal(rng, n, s.speed_median, s.speed_sigma)
-        bandwidth = lognormal(rng, n, s.bandwidth_median, s.bandwidth_sigma)
-    work = samples_per_round(num_samples, t.batch_size, t.local_epochs, t.local_steps)
-    profiles = SystemProfiles(speed=speed, bandwidth=bandwidth, model_bytes=model_bytes, compute_s=work / speed,
-                              transfer_s=model_bytes / bandwidth, deadline=s.deadline)
-    return SystemModel(profiles, num_samples, stream(config.seed, "availability"), stream(config.seed, "dropout"),
-                       availability=s.availability, availability_p=s.availability_p,
-                       trace=read_trace(s.trace) if s.availability == "trace" and s.trace else None,
-                       trace_unit=s.trace_unit, dropout=s.dropout, deadline_policy=s.deadline_policy,
-                       overcommit=s.overcommit)
+        speed = systems.lognormal(rng, n, s.speed_median, s.speed_sigma)
+        bandwidth = systems.lognormal(rng, n, s.bandwidth_median, s.bandwidth_sigma)
+    work = systems.samples_per_round(num_samples, t.batch_size, t.local_epochs, t.local_steps)
+    profiles = systems.SystemProfiles(speed=speed, bandwidth=bandwidth, model_bytes=model_bytes,
+                                      compute_s=work / speed, transfer_s=model_bytes / bandwidth, deadline=s.deadline)
+    return systems.SystemModel(
+        profiles, num_samples, stream(config.seed, "availability"), stream(config.seed, "dropout"),
+        availability=s.availability, availability_p=s.availability_p,
+        trace=systems.read_trace(s.trace) if s.availability == "trace" and s.trace else None,
+        trace_unit=s.trace_unit, dropout=s.dropout, deadline_policy=s.deadline_policy, overcommit=s.overcommit,
+    )
 
 
 def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequence[Any] = ()) -> Run:

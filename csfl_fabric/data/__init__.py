@@ -1,5 +1,4 @@
-"""Data: datasets as tensors (`DATASETS`), partitioners (`PARTITIONERS`) the per-client `ClientStore`
-and the simulated client systems (`systems`).
+"""Data: datasets (`DATASETS`), partitioners (`PARTITIONERS`), the `ClientStore` and client `systems`.
 
 Importing this package imports every implementation module, so that the registries are complete.
 """

@@ -29,7 +29,8 @@ from csfl_fabric.state import Selection
 KEPT, DROPOUT, LATE, CUT = "kept", "dropout", "late", "overcommit"
 
 
-def samples_per_round(num_samples: np.ndarray, batch_size: int, epochs: int = 1, steps: int | None = None) -> np.ndarray:
+def samples_per_round(num_samples: np.ndarray, batch_size: int, epochs: int = 1,
+                      steps: int | None = None) -> np.ndarray:
     """Samples each client processes in one round of local training (what `ClientData.batches` yields).
 
     >>> samples_per_round(np.array([10, 3]), batch_size=4, epochs=2).tolist()
