@@ -227,7 +227,7 @@ class WandbLogger(Logger):
         if self.selection_rows:
             import wandb
 
-            columns = ["round", "client_id", "score", "prob", "sim_duration_s", "status"]
+            columns: list[str | int] = ["round", "client_id", "score", "prob", "sim_duration_s", "status"]
             self.experiment.log({"select/clients": wandb.Table(columns=columns, data=self.selection_rows),
                                  "round": self.selection_rows[-1][0]})
             self.selection_rows = []

@@ -25,8 +25,8 @@ def context(num_samples: np.ndarray, prof: SystemProfiles, k: int, round_idx: in
             available: np.ndarray | None = None, seed: int = 0) -> SelectionContext:
     return SelectionContext(round=round_idx, k=k,
                             available=np.arange(len(num_samples)) if available is None else available,
-                            num_samples=num_samples, history=ClientHistory(num_samples), rng=np.random.default_rng(seed),
-                            probe=lambda ids: np.zeros(len(ids)), profiles=prof)
+                            num_samples=num_samples, history=ClientHistory(num_samples),
+                            rng=np.random.default_rng(seed), probe=lambda ids: np.zeros(len(ids)), profiles=prof)
 
 
 def result(cid: int, n: int, loss_sq_sum: float, processed: int | None = None) -> ClientResult:
@@ -117,12 +117,16 @@ def test_oort_splits_exploration_and_exploitation() -> None:
     selection = oort.select(ctx)
     ids = selection.ids.tolist()
     # int(10 * 0.3) = 3 explored first, then 7 exploited; sample_window 1 makes exploration the 3 largest priors.
-    assert ids[:3] == [19, 18, 17] or sorted(ids[:3]) == [17, 18, 19]
-    assert all(c < 10 for c in ids[3:]) and len(ids[3:]) == 7 and len(set(ids)) == 10
+    assert sorted(ids[:3]) == [17, 18, 19]
+    assert all(c < 10 for c in ids[3:])
+    assert len(ids[3:]) == 7
+    assert len(set(ids)) == 10
     # With one unexplored client left, exploitation takes the free slots.
     oort = explored_oort(n, explored=19, epsilon=0.3, min_epsilon=0.3)
     ids = oort.select(ctx).ids.tolist()
-    assert ids[0] == 19 and len(ids) == 10 and all(c < 19 for c in ids[1:])
+    assert ids[0] == 19
+    assert len(ids) == 10
+    assert all(c < 19 for c in ids[1:])
 
 
 def test_oort_exploitation_samples_by_score_from_the_cut_off_pool() -> None:
@@ -140,7 +144,8 @@ def test_oort_exploitation_samples_by_score_from_the_cut_off_pool() -> None:
     bonus = math.sqrt(0.1 * math.log(6) / 5)
     p_high = 3 * (1 + bonus) / (3 * (1 + bonus) + 8 * bonus)
     assert abs(picks[:3].sum() / trials - p_high) < 4 * math.sqrt(p_high * (1 - p_high) / trials)
-    assert picks[11:].sum() == 0 and picks[3:11].min() > 0
+    assert picks[11:].sum() == 0
+    assert picks[3:11].min() > 0
 
 
 def test_oort_update_rewards_stragglers_with_the_round_mean_and_tracks_participation() -> None:
@@ -153,7 +158,8 @@ def test_oort_update_rewards_stragglers_with_the_round_mean_and_tracks_participa
     oort.update(feedback)
     np.testing.assert_allclose(oort.reward[:3], [4.0, 8.0, 6.0])  # 4 sqrt(1), 4 sqrt(4), mean of both
     assert oort.reward[3] == 4.0  # still the data-size prior
-    assert oort.count.tolist() == [1, 1, 1, 0] and oort.last_round.tolist() == [1, 1, 1, 0]
+    assert oort.count.tolist() == [1, 1, 1, 0]
+    assert oort.last_round.tolist() == [1, 1, 1, 0]
     assert oort.duration.tolist() == [1.0, 2.0, 7.0, 1.0]
 
 

@@ -45,7 +45,8 @@ def test_duration_is_compute_plus_two_transfers_and_the_round_lasts_as_long_as_t
     model = SystemModel(profiles, np.array([30, 40]), stream(0, "a"), stream(0, "d"))
     plan = model.plan(np.array([1, 0]), k=2)
     np.testing.assert_allclose(plan.durations, [6.0, 5.0])
-    assert plan.round_s == 6.0 and plan.status == (KEPT, KEPT)
+    assert plan.round_s == 6.0
+    assert plan.status == (KEPT, KEPT)
     model.plan(np.array([0]), k=2)
     assert model.total_s == 11.0
 
@@ -62,7 +63,8 @@ def test_samples_per_round_matches_what_the_trainer_processes(smoke: list[str]) 
         c = result.config.train
         built = build_run(result.config, run_dir=result.run_dir / "again")
         expected = samples_per_round(built.orchestrator.store.num_samples, c.batch_size, c.local_epochs, c.local_steps)
-        assert seen and all(seen[i] == expected[i] for i in seen)
+        assert seen
+        assert all(seen[i] == expected[i] for i in seen)
         seen.clear()
 
 
@@ -73,13 +75,15 @@ def test_deadline_drop_discards_late_clients_and_waits_until_the_deadline() -> N
     assert plan.round_s == 4.0  # fewer than k reported: the server waited for the deadline
     selection = Selection(ids=np.array([0, 1, 2]), probs=np.array([0.1, 0.2, 0.3]))
     kept = plan.apply(selection)
-    assert kept.ids.tolist() == [0, 1] and kept.probs.tolist() == [0.1, 0.2]
+    assert kept.ids.tolist() == [0, 1]
+    assert kept.probs.tolist() == [0.1, 0.2]
 
 
 def test_deadline_wait_keeps_late_clients_and_counts_them() -> None:
     model = make_model([1.0, 3.0, 5.0], deadline=4.0, deadline_policy="wait")
     plan = model.plan(np.array([0, 1, 2]), k=3)
-    assert plan.status == (KEPT, KEPT, KEPT) and plan.round_s == 5.0
+    assert plan.status == (KEPT, KEPT, KEPT)
+    assert plan.round_s == 5.0
     assert model.metrics(plan)["select/num_late"] == 1.0
 
 
@@ -107,7 +111,9 @@ def test_dropouts_follow_their_own_stream_whatever_is_selected() -> None:
 
 def test_a_round_where_nobody_reports_lasts_the_deadline() -> None:
     plan = make_model([5.0, 6.0], deadline=2.0).plan(np.array([0, 1]), k=2)
-    assert plan.status == (LATE, LATE) and plan.round_s == 2.0 and len(plan.kept) == 0
+    assert plan.status == (LATE, LATE)
+    assert plan.round_s == 2.0
+    assert len(plan.kept) == 0
 
 
 def test_bernoulli_availability_rate_within_a_statistical_bound() -> None:
@@ -220,3 +226,13 @@ def test_time_to_accuracy_and_the_clock_in_metrics_and_summary(tmp_path: Path, s
     assert result.summary["sim_total_s"] == rounds[-1]["time/sim_total_s"]
     assert all(m["select/num_selected"] == 6 for m in rounds)  # ceil(1.5 * 4)
     assert all(m["select/num_selected"] - m["select/num_dropped"] <= 4 for m in rounds)
+
+
+def test_probes_add_a_phase_as_long_as_the_slowest_probed_clients_pass() -> None:
+    model = make_model([1.0, 2.0, 3.0])  # 10 samples each at 1 sample/s: a pass takes 10 s
+    model.profiles.speed[2] = 4.0
+    model.record_probe([0, 2])
+    plan = model.plan(np.array([1]), k=1)
+    assert plan.probe_s == 10.0
+    assert plan.round_s == 12.0
+    assert model.plan(np.array([1]), k=1).round_s == 2.0  # the probe cost does not carry over

@@ -25,7 +25,8 @@ def test_jain_index_equals_its_closed_form_in_the_coefficient_of_variation(seed:
 def test_jain_index_bounds_and_undefined_case() -> None:
     assert jain_index([7, 7, 7]) == 1.0
     assert jain_index([0, 0, 9, 0, 0]) == pytest.approx(1 / 5)
-    assert np.isnan(jain_index([0, 0])) and np.isnan(jain_index([]))
+    assert np.isnan(jain_index([0, 0]))
+    assert np.isnan(jain_index([]))
     assert never_selected_fraction([0, 1, 0, 0]) == 0.75
 
 
@@ -33,7 +34,8 @@ def test_participation_counts_duplicates_and_round_trips() -> None:
     p = Participation(4)
     p.record(np.array([1, 1, 2]), completed=np.array([1, 1]), dropped=np.array([2]))
     p.record(np.array([3]), completed=np.array([3]), dropped=np.array([], dtype=np.int64))
-    assert p.selected.tolist() == [0, 2, 1, 1] and p.completed.tolist() == [0, 2, 0, 1]
+    assert p.selected.tolist() == [0, 2, 1, 1]
+    assert p.completed.tolist() == [0, 2, 0, 1]
     assert p.dropped.tolist() == [0, 0, 1, 0]
     q = Participation(4)
     q.load_state_dict(p.state_dict())

@@ -218,9 +218,9 @@ class SystemModel:
 
     def record_probe(self, ids: Sequence[int]) -> None:
         """Count a probe of ``ids``: the probe phase lasts until the slowest probed client has made one pass."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if len(ids):
-            cost = self.num_samples[ids] / self.profiles.speed[ids]
+        probed = np.asarray(ids, dtype=np.int64)
+        if len(probed):
+            cost = self.num_samples[probed] / self.profiles.speed[probed]
             self._probe_s = max(self._probe_s, float(cost.max()))
 
     def plan(self, ids: np.ndarray, k: int) -> RoundPlan:
