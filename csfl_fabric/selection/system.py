@@ -35,8 +35,8 @@ def _check(name: str, value: float, low: float, high: float = math.inf, low_open
 class FedCSSelector(ClientSelector):
     """FedCS: greedy selection of the clients that fit the round deadline (Nishio & Yonetani, ICC 2019, https://arxiv.org/abs/1804.08333).
 
-    Rule (Algorithm 2 of the paper): a random fraction ``fraction`` of the available clients (at least k)
-    are candidates. With S = {} and Theta = 0 (elapsed time of the sequential upload schedule), repeat: pick
+    Rule (the paper's client-selection step): a random fraction ``fraction`` of the available clients (at
+    least k) are candidates. With S = {} and Theta = 0 (elapsed time of the sequential upload schedule), repeat: pick
     x = argmax_k 1 / (T_d(S+k) - T_d(S) + t_UL(k) + max(0, t_UD(k) - Theta)), remove it from the candidates,
     set Theta' = Theta + t_UL(x) + max(0, t_UD(x) - Theta), and accept x if
     T_cs + T_d(S+x) + Theta' + T_agg < T_round. T_d(S) = model bytes / min bandwidth over S is the broadcast
@@ -45,8 +45,14 @@ class FedCSSelector(ClientSelector):
     candidate fits, the one with the smallest increment is selected alone (a round needs a client); under
     ``deadline_policy: drop`` its late update is then discarded. Scores are the 1 / increment at acceptance.
 
+    The paper has no k: it accepts every client that fits, out of a random fraction C of a large population
+    (C = 0.1 there). With at most k accepted and C = 0.1 of a small population, the candidates would be just
+    k random clients and FedCS would be random selection filtered by the deadline; so the default here asks
+    every available client (``fraction=1.0``), and the greedy rule decides. Set ``fraction=0.1`` for the
+    paper's request step.
+
     Args:
-        fraction: C, the fraction of available clients asked for their resources (paper: 0.1).
+        fraction: C, the fraction of available clients asked for their resources (paper: 0.1; default 1.0).
         deadline: T_round in seconds; None uses ``systems.deadline``.
         t_cs: seconds of the client-selection step itself (T_cs).
         t_agg: seconds of the aggregation step (T_agg).
@@ -54,7 +60,7 @@ class FedCSSelector(ClientSelector):
 
     needs_profiles = True
 
-    def __init__(self, fraction: float = 0.1, deadline: float | None = None, t_cs: float = 0.0,
+    def __init__(self, fraction: float = 1.0, deadline: float | None = None, t_cs: float = 0.0,
                  t_agg: float = 0.0) -> None:
         _check("fraction", fraction, 0.0, 1.0, low_open=True)
         if deadline is not None:
