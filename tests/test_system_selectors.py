@@ -53,13 +53,15 @@ def test_fedcs_greedy_rule_on_a_hand_computed_case() -> None:
     assert greedy_deadline(np.array([0, 1, 2]), budget=0.1, k=3, **args)[0].tolist() == [0]
 
 
-def test_fedcs_uses_the_systems_deadline_and_needs_one() -> None:
+def test_fedcs_uses_the_systems_deadline_or_none() -> None:
     prof = profiles(np.array([1.0, 9.0, 2.0, 3.0]), deadline=6.5)
     selection = FedCSSelector(fraction=1.0).select(context(np.full(4, 10), prof, k=4))
     # Uploads are instant here, so Theta is the largest compute time: 1, 2 and 3 s fit, 9 s does not.
     assert sorted(selection.ids.tolist()) == [0, 2, 3]
-    with pytest.raises(ValueError, match="needs a round deadline"):
-        FedCSSelector().select(context(np.full(4, 10), profiles(np.ones(4)), k=2))
+    assert FedCSSelector(deadline=9.5).select(context(np.full(4, 10), prof, k=4)).ids.tolist() == [0, 2, 3, 1]
+    # No deadline anywhere: the k that extend the schedule least, fastest first.
+    no_deadline = profiles(np.array([1.0, 9.0, 2.0, 3.0]))
+    assert FedCSSelector().select(context(np.full(4, 10), no_deadline, k=2)).ids.tolist() == [0, 2]
     with pytest.raises(ValueError, match="`fraction`"):
         FedCSSelector(fraction=0.0)
 

@@ -53,7 +53,8 @@ class FedCSSelector(ClientSelector):
 
     Args:
         fraction: C, the fraction of available clients asked for their resources (paper: 0.1; default 1.0).
-        deadline: T_round in seconds; None uses ``systems.deadline``.
+        deadline: T_round in seconds; None uses ``systems.deadline``. With neither, every client fits and
+            FedCS takes the k candidates that extend the schedule least (fastest first).
         t_cs: seconds of the client-selection step itself (T_cs).
         t_agg: seconds of the aggregation step (T_agg).
     """
@@ -73,13 +74,10 @@ class FedCSSelector(ClientSelector):
     def select(self, ctx: SelectionContext) -> Selection:
         p = _require_profiles(ctx, "system.fedcs")
         t_round = self.deadline if self.deadline is not None else p.deadline
-        if t_round is None:
-            raise ValueError("Selector `system.fedcs` needs a round deadline: set `systems.deadline` or "
-                             "`selector.params.deadline` (seconds).")
         n = min(len(ctx.available), max(math.ceil(self.fraction * len(ctx.available)), ctx.k))
         candidates = ctx.rng.choice(ctx.available, size=n, replace=False).astype(np.int64)
-        ids, scores = greedy_deadline(candidates, p.compute_s, p.transfer_s, p.bandwidth, p.model_bytes,
-                                      t_round - self.t_cs - self.t_agg, ctx.k)
+        budget = math.inf if t_round is None else t_round - self.t_cs - self.t_agg
+        ids, scores = greedy_deadline(candidates, p.compute_s, p.transfer_s, p.bandwidth, p.model_bytes, budget, ctx.k)
         return Selection(ids=ids, scores=scores)
 
 
@@ -143,7 +141,7 @@ class OortSelector(ClientSelector):
     mixes in the data-size priors of unexplored clients); when unexplored clients run out, exploitation
     takes the free slots so a round gets k clients; the cut-off index is clamped. The paper's own values
     differ (eps floor 0.2, cut-off c = 95%); the Oort repository's are floor 0.2, ``cut_off_util`` 0.9,
-    ``alpha`` 0.5 with the pacer off. Scores are the exploitation score, or the penalised prior for explored.
+    ``alpha`` 0.5 with the pacer off. Scores: the exploitation score, or the penalised prior when unexplored.
 
     Args:
         epsilon: initial exploration fraction.
