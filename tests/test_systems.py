@@ -180,18 +180,18 @@ class Spy:
     """Wraps a selector and records what it saw and chose."""
 
     def __init__(self, inner: Any) -> None:
-        self.inner, self.allows_duplicates = inner, inner.allows_duplicates
+        self.inner = inner
         self.available: list[list[int]] = []
         self.chosen: list[list[int]] = []
+
+    def __getattr__(self, name: str) -> Any:  # class attributes such as allows_duplicates
+        return getattr(self.inner, name)
 
     def select(self, ctx: Any) -> Any:
         self.available.append(ctx.available.tolist())
         selection = self.inner.select(ctx)
         self.chosen.append(selection.ids.tolist())
         return selection
-
-    def update(self, feedback: Any) -> None:
-        self.inner.update(feedback)
 
 
 def spy_run(tmp_path: Path, overrides: list[str]) -> tuple[Spy, Any]:
@@ -236,3 +236,5 @@ def test_probes_add_a_phase_as_long_as_the_slowest_probed_clients_pass() -> None
     assert plan.probe_s == 10.0
     assert plan.round_s == 12.0
     assert model.plan(np.array([1]), k=1).round_s == 2.0  # the probe cost does not carry over
+    model.record_probe([0, 1], batch_size=4)  # a mini-batch of 4 samples at 1 sample/s
+    assert model.plan(np.array([1]), k=1).probe_s == 4.0

@@ -5,7 +5,7 @@ and upload at the same bandwidth). The server ends a round when ``k`` clients ha
 to finish, with over-commitment), or at the deadline when some selected client did not report under the
 ``drop`` policy; otherwise when the slowest kept client finishes. Dropouts are noticed at once when there is
 no deadline. Probing clients (``ctx.probe``) adds a phase before training that lasts as long as the slowest
-probed client's pass over its data.
+probed client's pass over its data (or over one mini-batch).
 
 Availability and dropouts draw one uniform per client and round from their own streams, whether or not the
 client is selected, so every method sees the same draws for the same seed.
@@ -216,11 +216,15 @@ class SystemModel:
             return ids[ids < self.num_clients]
         return np.arange(self.num_clients)
 
-    def record_probe(self, ids: Sequence[int]) -> None:
-        """Count a probe of ``ids``: the probe phase lasts until the slowest probed client has made one pass."""
+    def record_probe(self, ids: Sequence[int], batch_size: int | None = None) -> None:
+        """Count a probe of ``ids``: the probe phase lasts until the slowest probed client is done.
+
+        A probe costs one pass over the client's data, or one mini-batch of ``batch_size`` samples.
+        """
         probed = np.asarray(ids, dtype=np.int64)
         if len(probed):
-            cost = self.num_samples[probed] / self.profiles.speed[probed]
+            samples = self.num_samples[probed]
+            cost = (samples if batch_size is None else np.minimum(samples, batch_size)) / self.profiles.speed[probed]
             self._probe_s = max(self._probe_s, float(cost.max()))
 
     def plan(self, ids: np.ndarray, k: int) -> RoundPlan:
