@@ -87,7 +87,8 @@ class SelectionContext:
         probe: ``probe(ids, batch_size=None)`` returns the current loss of the global model on each given
             client: on its full local data, or with ``batch_size=b`` on its first seeded mini-batch of b
             samples of this round (its cost is counted).
-        profiles: per-client system profiles (speeds, bandwidths) when simulated, else None.
+        profiles: per-client system profiles (`csfl_fabric.data.systems.SystemProfiles`: speeds, bandwidths,
+            expected compute and transfer seconds, the deadline), or None.
     """
 
     round: int
@@ -122,9 +123,12 @@ class Feedback:
     """What a selector learns after a round: the selection and what the trained clients reported.
 
     Attributes:
-        round: the round that just ran.
-        selection: what the selector returned for it.
-        results: one `ClientResult` per trained client, in training order.
+        round: the round index.
+        selection: what the selector returned.
+        results: reports of the clients that completed (in training order).
+        durations: simulated seconds of each selected client, aligned with ``selection.ids`` (also for the
+            clients that did not report: what they would have taken), or None without a system model.
+        dropped: ids of selected clients that did not report (dropouts, deadline misses, over-commitment cuts).
         updates: each trained client's flattened update (its params minus the global params it started
             from, float32, on the CPU), only when the selector sets ``needs_updates``; else None.
     """
@@ -132,6 +136,8 @@ class Feedback:
     round: int
     selection: Selection
     results: Sequence[ClientResult]
+    durations: np.ndarray | None = None
+    dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     updates: dict[int, Tensor] | None = None
 
 

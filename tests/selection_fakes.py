@@ -16,13 +16,13 @@ import torch
 
 from csfl_fabric.selection.base import ClientSelector
 from csfl_fabric.state import ClientHistory, ClientResult, Feedback, Selection, SelectionContext
+from tests.system_fakes import fake_profiles
 
 NUM_CLIENTS = 12
 K = 4
 UPDATE_DIM = 6
-#: Builds ``ctx.profiles`` for selectors with ``needs_profiles`` as ``factory(num_clients, seed)``; the branch
-#: that defines system profiles sets it (until then such selectors are skipped by the contract tests).
-PROFILE_FACTORY: Callable[[int, int], Any] | None = None
+#: Builds ``ctx.profiles`` for selectors with ``needs_profiles`` as ``factory(num_clients, seed)``.
+PROFILE_FACTORY: Callable[[int, int], Any] | None = fake_profiles
 
 
 def fake_loss(round_idx: int, client_id: int, batch_size: int | None = None) -> float:
