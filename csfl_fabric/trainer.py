@@ -155,7 +155,9 @@ class ClientTrainer:
         self.model.module.eval()
         out = []
         for client in clients:
-            x, y = client.arrays() if batch_size is None else next(client.batches(batch_size), client.arrays())
+            # A client with no samples yields no batch: then the (empty) full data, whose loss is 0 as below.
+            batch = None if batch_size is None else next(client.batches(batch_size), None)
+            x, y = batch if batch is not None else client.arrays()
             loss = torch.zeros((), device=self.fabric.device)
             for start in range(0, len(y), self.settings.eval_batch_size):
                 stop = start + self.settings.eval_batch_size
