@@ -61,9 +61,10 @@ class RoundRobinSelector(ClientSelector):
 
     Rule: a *pass* is an ordering of all clients (0..K-1, or a fresh seeded permutation per pass with
     ``shuffle``); each round takes the next k clients of the pass that are available, so every client is
-    selected once per pass before any is selected again. When the pass has fewer than k available clients
-    left, those are taken and a new pass fills the round; clients skipped as unavailable are not carried
-    over. With full availability and k dividing K these are the fixed blocks of the paper.
+    selected once per pass before any is selected again. An offline client stays pending and is taken when
+    it is back online; when fewer than k pending clients are online, those are taken, a new pass fills
+    the round, and clients still pending (offline) are not carried over. With full availability and k
+    dividing K these are the fixed blocks of the paper.
     Aggregation: n-weighted (FedAvg).
 
     Args:
