@@ -330,3 +330,12 @@ def test_divfl_coverage_weights() -> None:
 def test_bad_params_are_one_line_errors_naming_the_key(name: str, param: str, value: object) -> None:
     with pytest.raises(ConfigError, match=rf"^Invalid `selector.params.{param}={value!r}`: "):
         SELECTORS.build(name, {param: value})
+
+
+def test_round_robin_takes_an_offline_client_when_it_is_back() -> None:
+    selector = SELECTORS.build("heuristic.round_robin")
+    rng = np.random.default_rng(0)
+    assert selector.select(_ctx([1] * 6, 2, rng, available=[1, 2, 3, 4, 5])).ids.tolist() == [1, 2]
+    assert selector.select(_ctx([1] * 6, 2, rng)).ids.tolist() == [0, 3]  # client 0 was pending
+    assert selector.select(_ctx([1] * 6, 2, rng)).ids.tolist() == [4, 5]
+    assert selector.select(_ctx([1] * 6, 2, rng)).ids.tolist() == [0, 1]  # the next pass
