@@ -12,14 +12,17 @@ import numpy as np
 import torch
 from lightning.fabric import Fabric
 
+from csfl_fabric.callbacks.checkpoint import Checkpoint
 from csfl_fabric.callbacks.progress import RichProgress
 from csfl_fabric.config import Config, to_dict
 from csfl_fabric.data.datasets import FederatedDataset
 from csfl_fabric.data.store import ClientStore
 from csfl_fabric.errors import ConfigError
+from csfl_fabric.faults import ClientGuard
 from csfl_fabric.loggers import CSVMetricsLogger, WandbLogger
 from csfl_fabric.orchestrator import Orchestrator, RoundSettings
 from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS
+from csfl_fabric.resume import checkpoint_dir, config_hash, wandb_id
 from csfl_fabric.trainer import ClientTrainer, TrainSettings
 
 
@@ -59,6 +62,7 @@ class Run:
     orchestrator: Orchestrator
     run_dir: Path
     callbacks: list[Any] = field(default_factory=list)
+    wandb_id: str = ""
 
 
 def build_fabric(config: Config, callbacks: Sequence[Any] = (), loggers: Sequence[Any] = ()) -> Fabric:
@@ -94,13 +98,16 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
     run_dir = Path(run_dir) if run_dir is not None else fresh_run_dir(config)
     dataset, parts = build_dataset(config)
 
-    all_callbacks: list[Any] = []
+    # First, so that its round-start state precedes anything other callbacks do in that round.
+    all_callbacks: list[Any] = [Checkpoint(checkpoint_dir(run_dir), config.checkpoint.every_n_rounds,
+                                           config.checkpoint.keep, meta={"config_hash": config_hash(config)})]
     if config.logging.progress:
         all_callbacks.append(RichProgress(f"{config.experiment} {run_name(config)}"))
     all_callbacks.extend(callbacks)
     loggers: list[Any] = [CSVMetricsLogger(run_dir)]
     wandb = WandbLogger(config.logging.wandb, config.logging.project, run_dir, config=to_dict(config),
-                        name=run_dir.name, group=config.experiment, job_type=config.selector.name)
+                        name=run_dir.name, group=config.experiment, job_type=config.selector.name,
+                        run_id=(run_id := wandb_id(run_dir)))
     if wandb.mode != "disabled":
         loggers.append(wandb)
     fabric = build_fabric(config, all_callbacks, loggers)
@@ -128,6 +135,7 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
         rounds=RoundSettings(r.num_rounds, r.clients_per_round, r.eval_every, r.target_accuracy),
         selection_rng=stream(config.seed, "selection"),
         run_dir=run_dir,
+        guard=ClientGuard(config.train.on_divergence),
     )
     return Run(config=config, fabric=fabric, dataset=dataset, orchestrator=orchestrator, run_dir=run_dir,
-               callbacks=all_callbacks)
+               callbacks=all_callbacks, wandb_id=run_id)

@@ -54,6 +54,7 @@ class TrainConfig:
     num_threads: int = 1
     backend: str = "sequential"
     eval_batch_size: int = 1024
+    on_divergence: str = "skip"
 
 
 @dataclass
@@ -93,7 +94,7 @@ class MemoryConfig:
 
 @dataclass
 class CheckpointConfig:
-    """Checkpoint cadence (0 = only at the end... once checkpoints exist) and how many to keep."""
+    """Checkpoint cadence (every n rounds; 0 = only at the end) and how many checkpoints to keep."""
 
     every_n_rounds: int = 0
     keep: int = 2
@@ -127,6 +128,7 @@ class Config:
 
     experiment: str = "default"
     seed: int = 0
+    resume: str = "never"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
@@ -151,7 +153,9 @@ _SHORTHAND_SECTIONS = ("data.partition", "selector", "aggregator")
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("sgd", "adam"),
     "train.backend": ("sequential", "cohort"),
+    "train.on_divergence": ("skip", "abort"),
     "logging.wandb": ("offline", "online", "disabled"),
+    "resume": ("never", "auto"),
     "fabric.precision": ("32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"),
 }
 
@@ -332,7 +336,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"Expected `rounds.target_accuracy` to be in (0, 1] but got {c.rounds.target_accuracy}.")
     for key, choices in CHOICES.items():
         section, _, leaf = key.partition(".")
-        value = getattr(getattr(c, section), leaf)
+        value = getattr(getattr(c, section), leaf) if leaf else getattr(c, section)
         if value not in choices:
             raise ConfigError(
                 f"Unknown value {value!r} for `{key}`. Valid choices (closest first): "

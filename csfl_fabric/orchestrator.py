@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
@@ -15,7 +16,9 @@ from torch import Tensor
 
 from csfl_fabric.aggregation import Aggregator
 from csfl_fabric.data.store import ClientStore
+from csfl_fabric.faults import ClientGuard
 from csfl_fabric.loggers import write_json
+from csfl_fabric.rng import global_rng_state, set_global_rng_state
 from csfl_fabric.selection.base import ClientSelector, check_selection
 from csfl_fabric.state import ClientHistory, ClientResult, Feedback, Params, RunState, Selection, SelectionContext
 from csfl_fabric.trainer import ClientTrainer
@@ -38,6 +41,9 @@ class Orchestrator:
     `csfl_fabric.build`. Hooks go through ``fabric.call`` with keyword arguments only.
     """
 
+    #: Attributes whose ``state_dict()`` a checkpoint holds: a component added later registers here in one line.
+    STATEFUL: tuple[str, ...] = ("aggregator", "selector")
+
     def __init__(
         self,
         *,
@@ -52,6 +58,7 @@ class Orchestrator:
         rounds: RoundSettings,
         selection_rng: np.random.Generator,
         run_dir: Path | None = None,
+        guard: ClientGuard | None = None,
     ) -> None:
         self.fabric = fabric
         self.store = store
@@ -64,6 +71,7 @@ class Orchestrator:
         self.rounds = rounds
         self.selection_rng = selection_rng
         self.run_dir = run_dir
+        self.guard = guard or ClientGuard()
         self.state = RunState(num_rounds=rounds.num_rounds, history=ClientHistory(store.num_samples))
         self.summary: dict[str, Any] = {}
 
@@ -75,6 +83,7 @@ class Orchestrator:
         self.fabric.call("on_run_start", state=state, orchestrator=self)
         try:
             while state.round < self.rounds.num_rounds and not state.should_stop:
+                self.guard.check_stop()
                 self._round(state)
                 state.round += 1
             status = "success"
@@ -126,13 +135,18 @@ class Orchestrator:
         self.aggregator.reset(self.global_params)
         results: list[ClientResult] = []
         for i, client_id in enumerate(selection.ids.tolist()):
+            self.guard.check_stop()  # a signal stops the run between clients, never inside one
             self.fabric.call("on_client_start", state=state, client_id=client_id)
-            params, result = self.trainer.fit(self.global_params, self.store.client(client_id, r))
+            fitted = self.guard.fit(self.trainer, self.global_params, self.store.client(client_id, r), r)
+            if fitted is None:
+                continue  # failed or diverged: left out of the aggregate, counted by the guard
+            params, result = fitted
             weight = float(selection.weights[i]) if selection.weights is not None else float(result.num_samples)
             self.aggregator.update(params, weight)
             del params  # views of the reused model: only the running sum survives the client
             results.append(result)
             self.fabric.call("on_client_end", state=state, client_id=client_id, result=result)
+        state.metrics.update(self.guard.end_round(r, len(selection.ids)))
         return results
 
     def _context(self, r: int) -> SelectionContext:
@@ -165,3 +179,41 @@ class Orchestrator:
         target = self.rounds.target_accuracy
         if target is not None and acc >= target and "rounds_to_target" not in s:
             s["rounds_to_target"] = r + 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to go on bit for bit; meaningful between rounds.
+
+        Global params, per-client history, the selection generator, the summary, every `STATEFUL`
+        component, every callback with a ``state_dict`` and the global RNGs. ``round`` is also the
+        number of rows of ``metrics.csv`` that belong to this state.
+        """
+        return {
+            "round": self.state.round,
+            "global_params": {k: v.detach().cpu().clone() for k, v in self.global_params.items()},
+            "history": self.state.history.state_dict(),  # type: ignore[union-attr]
+            "selection_rng": copy.deepcopy(self.selection_rng.bit_generator.state),
+            "summary": copy.deepcopy(self.summary),
+            "components": {name: getattr(self, name).state_dict() for name in self.STATEFUL
+                           if getattr(self, name, None) is not None},
+            "callbacks": {key: cb.state_dict() for key, cb in self._stateful_callbacks()},
+            "rng": global_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (the next `run` continues from ``state["round"]``)."""
+        self.state.round = int(state["round"])
+        self.global_params = {k: v.to(self.fabric.device) for k, v in state["global_params"].items()}
+        self.state.history.load_state_dict(state["history"])  # type: ignore[union-attr]
+        self.selection_rng.bit_generator.state = state["selection_rng"]
+        self.summary = copy.deepcopy(state["summary"])
+        for name, sub in state["components"].items():
+            getattr(self, name).load_state_dict(sub)
+        callbacks = dict(self._stateful_callbacks())
+        for key, sub in state["callbacks"].items():
+            if key in callbacks:
+                callbacks[key].load_state_dict(sub)
+        set_global_rng_state(state["rng"])
+
+    def _stateful_callbacks(self) -> list[tuple[str, Any]]:
+        callbacks = self.fabric._callbacks  # Fabric keeps them privately; it has no public accessor
+        return [(f"{i}.{type(cb).__name__}", cb) for i, cb in enumerate(callbacks) if hasattr(cb, "state_dict")]

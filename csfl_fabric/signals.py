@@ -1,0 +1,41 @@
+"""SIGINT/SIGTERM during a run: finish the current client, checkpoint, and exit with 128 + the signal number."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from csfl_fabric.faults import ClientGuard
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def stop_on_signals(guard: ClientGuard) -> Iterator[None]:
+    """While active, SIGINT/SIGTERM ask ``guard`` to stop at the next client boundary.
+
+    The first signal restores the previous handler, so a second one acts at once (Ctrl-C twice).
+    Outside the main thread (where Python cannot install handlers) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signum, previous[signum])
+        guard.request_stop(signum)
+        print(f"csfl-fabric: {signal.Signals(signum).name} received; finishing the current client, then writing "
+              "a checkpoint (send it again to stop at once).", file=sys.stderr, flush=True)
+
+    for s in SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
