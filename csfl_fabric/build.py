@@ -17,11 +17,11 @@ from csfl_fabric.callbacks.progress import RichProgress
 from csfl_fabric.config import Config, to_dict
 from csfl_fabric.data.datasets import FederatedDataset
 from csfl_fabric.data.store import ClientStore
-from csfl_fabric.errors import ConfigError
+from csfl_fabric.errors import USER_ERRORS, ConfigError
 from csfl_fabric.faults import ClientGuard
 from csfl_fabric.loggers import CSVMetricsLogger, WandbLogger
 from csfl_fabric.orchestrator import Orchestrator, RoundSettings
-from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS
+from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS, Registry
 from csfl_fabric.resume import checkpoint_dir, config_hash, wandb_id
 from csfl_fabric.trainer import ClientTrainer, TrainSettings
 
@@ -127,9 +127,9 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
         fabric=fabric,
         store=store,
         trainer=trainer,
-        selector=SELECTORS.build(config.selector.name, config.selector.params),
+        selector=_component("selector", SELECTORS, config.selector.name, config.selector.params),
         selector_key=config.selector.name,
-        aggregator=AGGREGATORS.build(config.aggregator.name, config.aggregator.params),
+        aggregator=_component("aggregator", AGGREGATORS, config.aggregator.name, config.aggregator.params),
         global_params=trainer.global_params(),
         test_data=(dataset.x_test.to(fabric.device), dataset.y_test.to(fabric.device)),
         rounds=RoundSettings(r.num_rounds, r.clients_per_round, r.eval_every, r.target_accuracy),
@@ -139,3 +139,13 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
     )
     return Run(config=config, fabric=fabric, dataset=dataset, orchestrator=orchestrator, run_dir=run_dir,
                callbacks=all_callbacks, wandb_id=run_id)
+
+
+def _component(section: str, registry: Registry, name: str, params: dict[str, Any]) -> Any:
+    """Build a selector or aggregator; a param value its constructor rejects is a one-line `ConfigError`."""
+    try:
+        return registry.build(name, params)
+    except (ValueError, TypeError) as e:
+        if isinstance(e, USER_ERRORS):
+            raise
+        raise ConfigError(f"`{section}` `{name}`: {e}") from None

@@ -302,6 +302,7 @@ def _schema_type(path: str) -> str:
 def validate(config: Config) -> None:
     """Check value ranges, choices and component names; raise one clear error for the first problem."""
     c = config
+    _at_least("seed", c.seed, 0)
     _at_least("data.num_clients", c.data.num_clients, 1)
     _at_least("rounds.num_rounds", c.rounds.num_rounds, 1)
     _at_least("rounds.eval_every", c.rounds.eval_every, 1)

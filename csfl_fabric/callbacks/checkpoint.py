@@ -115,10 +115,13 @@ class Checkpoint(Callback):
         self._orchestrator, self._start, self._snapshot = orchestrator, state.round, None
 
     def on_round_start(self, state: Any) -> None:
-        """Take the between-rounds state; save it every ``every_n_rounds`` (not the one just resumed from)."""
+        """Take the between-rounds state; save it every ``every_n_rounds`` (not the one just resumed from).
+
+        Round 0 counts, so that a run killed before its first multiple of n can still be resumed.
+        """
         self._snapshot = self._orchestrator.state_dict()
         n = self.every_n_rounds
-        if n and state.round % n == 0 and state.round > self._start:
+        if n and state.round % n == 0 and (state.round > self._start or state.round == 0):
             self._save(self._snapshot)
 
     def on_run_end(self, state: Any) -> None:
