@@ -71,7 +71,8 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), callbacks: Sequen
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"`{run_dir}` is not a run directory (no config.yaml). Pass a folder under runs/<experiment>/.")
+        raise ConfigError(f"`{run_dir}` is not a run directory (no config.yaml). Pass a folder under "
+                          "runs/<experiment>/.")
     cfg = load_config(run_dir / "config.yaml", overrides)
     path = latest_checkpoint(run_dir)
     if path is None:
@@ -90,7 +91,7 @@ def _execute(built: Run, ckpt: dict[str, Any] | None) -> RunResult:
             orchestrator.run()
             orchestrator.guard.check_stop()  # a signal during the last round still exits as interrupted
     except (RunInterrupted, RunFailed) as e:
-        e.run_dir = built.run_dir  # type: ignore[attr-defined]  # for the CLI's "resume with" line
+        e.run_dir = built.run_dir  # for the CLI's "resume with" line
         raise
     return RunResult(run_dir=built.run_dir, config=built.config, metrics=read_metrics(built.run_dir),
                      summary=dict(orchestrator.summary), params=orchestrator.global_params)

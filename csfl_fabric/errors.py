@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -35,9 +36,14 @@ class RunFailed(RuntimeError):
     The checkpoint callback still writes the state at the start of the failed round.
     """
 
+    #: Set by `csfl_fabric.api` so that the CLI can say which directory to resume.
+    run_dir: Path | None = None
+
 
 class RunInterrupted(Exception):
     """SIGINT or SIGTERM arrived; the run stopped at a client boundary after checkpointing."""
+
+    run_dir: Path | None = None
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name}")

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 from csfl_fabric.faults import ClientGuard
 
@@ -24,7 +25,7 @@ def stop_on_signals(guard: ClientGuard) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    previous: dict[int, Any] = {s: signal.getsignal(s) for s in SIGNALS}
 
     def handler(signum: int, frame: FrameType | None) -> None:
         signal.signal(signum, previous[signum])
@@ -32,10 +33,10 @@ def stop_on_signals(guard: ClientGuard) -> Iterator[None]:
         print(f"csfl-fabric: {signal.Signals(signum).name} received; finishing the current client, then writing "
               "a checkpoint (send it again to stop at once).", file=sys.stderr, flush=True)
 
-    for s in SIGNALS:
-        signal.signal(s, handler)
+    for signum in SIGNALS:
+        signal.signal(signum, handler)
     try:
         yield
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        for signum, old in previous.items():
+            signal.signal(signum, old)

@@ -104,7 +104,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path: Pat
     _assert_same(reference, run_dir)
 
 
-def test_failed_write_keeps_previous_checkpoint_and_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     save_checkpoint(tmp_path / "round-000001.pt", {"round": 1})
 
     def half_write(obj: object, fh: object) -> None:

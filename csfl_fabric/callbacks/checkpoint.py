@@ -124,7 +124,7 @@ class Checkpoint(Callback):
         if n and state.round % n == 0 and (state.round > self._start or state.round == 0):
             self._save(self._snapshot)
 
-    def on_run_end(self, state: Any) -> None:
+    def on_run_end(self, state: Any, orchestrator: Any = None) -> None:
         """Save the final state, or the current round's start state when the run ended inside a round."""
         if self._orchestrator is None:
             return
