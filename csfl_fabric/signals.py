@@ -38,5 +38,5 @@ def stop_on_signals(guard: ClientGuard) -> Iterator[None]:
     try:
         yield
     finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
+        for number, old in previous.items():
+            signal.signal(number, old)

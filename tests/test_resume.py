@@ -131,3 +131,36 @@ def test_keeps_the_last_k_and_resume_auto_continues(tmp_path: Path, smoke: list[
     assert (reference.run_dir / "metrics.csv").read_bytes() == (more.run_dir / "metrics.csv").read_bytes()
     # Without resume=auto a second run never touches the first one's directory.
     assert run(SMOKE, over).run_dir != first.run_dir
+
+
+class RoundCounter:
+    """A callback with state: counts the rounds it has seen, across resumes."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def on_round_end(self) -> None:
+        self.n += 1
+
+    def state_dict(self) -> dict[str, int]:
+        return {"n": self.n}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.n = state["n"]
+
+
+def test_callback_and_component_state_survive_a_resume(smoke: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from csfl_fabric.api import resume
+    from csfl_fabric.orchestrator import Orchestrator
+
+    # A component registered in one line (as a systems model would be) is saved and restored with the rest.
+    monkeypatch.setattr(Orchestrator, "STATEFUL", (*Orchestrator.STATEFUL, "extra"))
+    monkeypatch.setattr(Orchestrator, "extra", RoundCounter(), raising=False)
+    first = run(SMOKE, [*smoke, "rounds.num_rounds=3"], callbacks=[RoundCounter()])
+    state = load_checkpoint(latest_checkpoint(first.run_dir))["state"]  # type: ignore[arg-type]
+    assert state["callbacks"] == {"1.RoundCounter": {"n": 3}}
+    assert state["components"]["extra"] == {"n": 0}
+    assert state["summary"]["best_acc"] == first.summary["best_acc"]
+    counter = RoundCounter()
+    resume(first.run_dir, ["rounds.num_rounds=5"], callbacks=[counter])
+    assert counter.n == 5  # 3 restored + 2 seen after the resume
