@@ -2,7 +2,7 @@
 
 # Import every implementation module so that the registries are complete.
 from csfl_fabric import aggregation, data, models, selection  # noqa: F401
-from csfl_fabric.api import RunResult, run
+from csfl_fabric.api import RunResult, resume, run
 from csfl_fabric.callbacks import Callback
 from csfl_fabric.config import Config, load_config
 from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS
@@ -25,5 +25,6 @@ __all__ = [
     "Selection",
     "SelectionContext",
     "load_config",
+    "resume",
     "run",
 ]
