@@ -16,6 +16,7 @@ from torch import Tensor
 
 from csfl_fabric.aggregation import Aggregator
 from csfl_fabric.data.store import ClientStore
+from csfl_fabric.errors import RunInterrupted
 from csfl_fabric.faults import ClientGuard
 from csfl_fabric.loggers import write_json
 from csfl_fabric.rng import global_rng_state, set_global_rng_state
@@ -87,6 +88,9 @@ class Orchestrator:
                 self._round(state)
                 state.round += 1
             status = "success"
+        except RunInterrupted:
+            status = "interrupted"
+            raise
         finally:
             self.fabric.call("on_run_end", state=state, orchestrator=self)
             self.summary.update(rounds_completed=state.round, stop_reason=state.stop_reason, status=status,
@@ -215,5 +219,13 @@ class Orchestrator:
         set_global_rng_state(state["rng"])
 
     def _stateful_callbacks(self) -> list[tuple[str, Any]]:
-        callbacks = self.fabric._callbacks  # Fabric keeps them privately; it has no public accessor
-        return [(f"{i}.{type(cb).__name__}", cb) for i, cb in enumerate(callbacks) if hasattr(cb, "state_dict")]
+        # Keyed by class name (and rank among callbacks of that class), not position: turning the progress bar
+        # on or off between a run and its resume must not shift the keys.
+        seen: dict[str, int] = {}
+        keyed = []
+        for cb in self.fabric._callbacks:  # Fabric keeps them privately; it has no public accessor
+            if hasattr(cb, "state_dict"):
+                name = type(cb).__name__
+                seen[name] = seen.get(name, 0) + 1
+                keyed.append((name if seen[name] == 1 else f"{name}#{seen[name]}", cb))
+        return keyed

@@ -158,7 +158,7 @@ def test_callback_and_component_state_survive_a_resume(smoke: list[str], monkeyp
     monkeypatch.setattr(Orchestrator, "extra", RoundCounter(), raising=False)
     first = run(SMOKE, [*smoke, "rounds.num_rounds=3"], callbacks=[RoundCounter()])
     state = load_checkpoint(latest_checkpoint(first.run_dir))["state"]  # type: ignore[arg-type]
-    assert state["callbacks"] == {"1.RoundCounter": {"n": 3}}
+    assert state["callbacks"] == {"RoundCounter": {"n": 3}}
     assert state["components"]["extra"] == {"n": 0}
     assert state["summary"]["best_acc"] == first.summary["best_acc"]
     counter = RoundCounter()

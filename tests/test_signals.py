@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -47,6 +48,7 @@ def test_sigterm_finishes_the_client_checkpoints_and_resumes_exactly(tmp_path: P
     assert signal.getsignal(signal.SIGTERM) is handler_before
     ckpt = load_checkpoint(latest_checkpoint(tmp_path / "stopped"))  # type: ignore[arg-type]
     assert ckpt["state"]["round"] == 2  # the interrupted round is replayed from its start
+    assert json.loads((tmp_path / "stopped" / "summary.json").read_text())["status"] == "interrupted"
     resumed = resume(tmp_path / "stopped")
     assert (resumed.run_dir / "metrics.csv").read_bytes() == (reference.run_dir / "metrics.csv").read_bytes()
 
