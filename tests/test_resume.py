@@ -26,8 +26,9 @@ NUM_ROUNDS, EVERY = 12, 3
 BASE = ["rounds.num_rounds=12", "rounds.clients_per_round=4", "rounds.eval_every=2", "checkpoint.every_n_rounds=3",
         "checkpoint.keep=2"]
 
-# Runs the config through the API with a callback that SIGKILLs the process at (round, client), or, with
-# client = -1, inside the fsync of the checkpoint written before `round` (data written, not yet renamed).
+# Runs the config through the API with a callback that SIGKILLs the process at (round, client) (at the round's end,
+# before its row is logged, if fewer clients report), or, with client = -1, inside the fsync of the checkpoint
+# written before `round` (data written, not yet renamed).
 DRIVER = """
 import os, signal, sys
 import csfl_fabric.callbacks.checkpoint as ck
@@ -40,6 +41,7 @@ class Kill:
         if state.round == kill_round and self.n == kill_client + 1: die()
     def on_round_end(self, state):
         if kill_client < 0 and state.round == kill_round - 1: ck.os.fsync = die
+        if kill_client >= 0 and state.round == kill_round: die()  # fewer clients reported than kill_client
 run(sys.argv[3], sys.argv[5:], callbacks=[Kill()], run_dir=sys.argv[4])
 """
 
@@ -71,16 +73,24 @@ def _assert_same(a: Path, b: Path) -> None:
     assert summary_a == summary_b
 
 
+# Oort runs with the simulated systems on (availability, dropouts, deadline, over-commitment), so the clock and
+# the availability and dropout streams must be restored too.
+SYSTEMS = ["systems.availability=bernoulli", "systems.dropout=0.2", "systems.deadline=1.5", "systems.overcommit=1.5"]
+
+
 @pytest.mark.parametrize(
-    ("selector", "aggregator"),
-    [("heuristic.random", "fedavg"), ("heuristic.pow_d", "fedavg"), ("system.oort", "fedavg"),
-     ("heuristic.random", "fedadam")],
+    ("selector", "aggregator", "extra"),
+    [("heuristic.random", "fedavg", []), ("heuristic.pow_d", "fedavg", []), ("system.oort", "fedavg", SYSTEMS),
+     ("heuristic.random", "fedadam", [])],
+    ids=["random", "pow_d", "oort-systems", "random-fedadam"],
 )
-def test_sigkill_at_a_random_round_then_resume_is_bit_identical(tmp_path: Path, selector: str, aggregator: str) -> None:
+def test_sigkill_at_a_random_round_then_resume_is_bit_identical(
+    tmp_path: Path, selector: str, aggregator: str, extra: list[str]
+) -> None:
     # Prepare: a kill point drawn from a generator seeded by the case, so failures are reproducible.
     rng = np.random.default_rng(zlib.crc32(f"{selector}+{aggregator}".encode()))
     kill_round, kill_client = int(rng.integers(1, NUM_ROUNDS)), int(rng.integers(0, 4))
-    overrides = [*BASE, f"selector.name={selector}", f"aggregator.name={aggregator}", "logging.wandb=disabled"]
+    overrides = [*BASE, f"selector.name={selector}", f"aggregator.name={aggregator}", "logging.wandb=disabled", *extra]
     # Execute: one run never interrupted, one killed mid-round and resumed from its latest checkpoint.
     reference = run(SMOKE, overrides, run_dir=tmp_path / "reference").run_dir
     resumed = _killed_then_resumed(tmp_path, overrides, kill_round, kill_client)
