@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,8 +30,10 @@ def stop_on_signals(guard: ClientGuard) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         signal.signal(signum, previous[signum])
         guard.request_stop(signum)
-        print(f"csfl-fabric: {signal.Signals(signum).name} received; finishing the current client, then writing "
-              "a checkpoint (send it again to stop at once).", file=sys.stderr, flush=True)
+        # os.write, not print: a handler that prints while the interrupted code is inside a buffered write to the
+        # same stream raises "reentrant call".
+        os.write(2, f"csfl-fabric: {signal.Signals(signum).name} received; finishing the current "
+                 "client, then writing a checkpoint (send it again to stop at once).\n".encode())
 
     for signum in SIGNALS:
         signal.signal(signum, handler)
