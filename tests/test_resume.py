@@ -134,8 +134,10 @@ def test_keeps_the_last_k_and_resume_auto_continues(tmp_path: Path, smoke: list[
     names = [p.name for p in list_checkpoints(first.run_dir / "checkpoints")]
     assert names == ["round-000003.pt", "round-000004.pt"]
     # resume=auto on the same experiment continues the finished run (here: extends it) in the same directory.
+    wandb_id = (first.run_dir / "wandb_id").read_text()
     more = run(SMOKE, [*over, "rounds.num_rounds=6", "resume=auto"])
     assert more.run_dir == first.run_dir
+    assert (more.run_dir / "wandb_id").read_text() == wandb_id  # W&B continues the same run
     assert [int(m["round"]) for m in more.metrics] == list(range(6))
     reference = run(SMOKE, [*smoke, "rounds.num_rounds=6"], run_dir=tmp_path / "ref")
     assert (reference.run_dir / "metrics.csv").read_bytes() == (more.run_dir / "metrics.csv").read_bytes()
