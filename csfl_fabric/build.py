@@ -13,6 +13,7 @@ import torch
 from lightning.fabric import Fabric
 
 from csfl_fabric.callbacks.progress import RichProgress
+from csfl_fabric.callbacks.study import StudyMetrics
 from csfl_fabric.config import Config, to_dict
 from csfl_fabric.data.datasets import FederatedDataset
 from csfl_fabric.data.store import ClientStore
@@ -94,13 +95,14 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
     run_dir = Path(run_dir) if run_dir is not None else fresh_run_dir(config)
     dataset, parts = build_dataset(config)
 
-    all_callbacks: list[Any] = []
+    all_callbacks: list[Any] = [StudyMetrics()]
     if config.logging.progress:
         all_callbacks.append(RichProgress(f"{config.experiment} {run_name(config)}"))
     all_callbacks.extend(callbacks)
     loggers: list[Any] = [CSVMetricsLogger(run_dir)]
     wandb = WandbLogger(config.logging.wandb, config.logging.project, run_dir, config=to_dict(config),
-                        name=run_dir.name, group=config.experiment, job_type=config.selector.name)
+                        name=run_dir.name, group=config.experiment, job_type=config.selector.name,
+                        tags=list(config.logging.tags) or None)
     if wandb.mode != "disabled":
         loggers.append(wandb)
     fabric = build_fabric(config, all_callbacks, loggers)

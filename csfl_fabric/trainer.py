@@ -10,7 +10,12 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric import Fabric
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 
 from csfl_fabric.data.store import ClientData
 from csfl_fabric.state import ClientResult, Params
@@ -67,7 +72,9 @@ class ClientTrainer:
         self._tensors = [t for t in state.values()]
         self._params = [p for p in self.model.parameters()]
         self._param_keys = [k for k, t in state.items() if isinstance(t, nn.Parameter)]
-        metrics = {"acc": MulticlassAccuracy(num_classes), "f1": MulticlassF1Score(num_classes, average="macro")}
+        metrics = {"acc": MulticlassAccuracy(num_classes), "f1": MulticlassF1Score(num_classes, average="macro"),
+                   "precision": MulticlassPrecision(num_classes, average="macro"),
+                   "recall": MulticlassRecall(num_classes, average="macro")}
         self._metrics = {k: m.to(fabric.device) for k, m in metrics.items()}
 
     def global_params(self) -> Params:
@@ -126,7 +133,7 @@ class ClientTrainer:
 
     @torch.inference_mode()
     def evaluate(self, params: Params, x: Tensor, y: Tensor) -> dict[str, float]:
-        """Accuracy, mean loss and macro-F1 of ``params`` on ``(x, y)``."""
+        """Accuracy, mean loss, macro-F1, macro precision and macro recall of ``params`` on ``(x, y)``."""
         self.load(params)
         self.model.module.eval()
         for m in self._metrics.values():
@@ -139,7 +146,7 @@ class ClientTrainer:
             for m in self._metrics.values():
                 m.update(logits, yb)
         values = torch.stack([loss_sum / max(len(y), 1), *(m.compute() for m in self._metrics.values())]).tolist()
-        return {"eval/loss": values[0], "eval/acc": values[1], "eval/f1": values[2]}
+        return {"eval/loss": values[0], **{f"eval/{k}": v for k, v in zip(self._metrics, values[1:], strict=True)}}
 
     @torch.inference_mode()
     def losses(self, params: Params, clients: Sequence[ClientData]) -> np.ndarray:
