@@ -1,14 +1,16 @@
-"""Command line: ``csfl-fabric run | list`` (``python -m csfl_fabric`` is the same)."""
+"""Command line: ``csfl-fabric run | compare | report | runs | list`` (``python -m csfl_fabric`` is the same)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from csfl_fabric.cli_study import add_commands
 from csfl_fabric.errors import USER_ERRORS
 from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS, Registry
 
@@ -30,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                          "`csfl-fabric run configs/quickstart.yaml rounds.num_rounds=5 train.lr=0.1`.")
     run.add_argument("config", help="YAML config file (see configs/)")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=0.1")
+    run.add_argument("--run-dir", help="write exactly here (default: runs/<experiment>/<run>/, made unique)")
+    COMMANDS.update(add_commands(sub))
     lst = sub.add_parser("list", help="list registered components with one-line descriptions")
     lst.add_argument("kind", nargs="?", choices=sorted(REGISTRIES), help="which registry (default: all)")
     return parser
@@ -38,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     from csfl_fabric.api import run
 
-    result = run(args.config, args.overrides)
+    result = run(args.config, args.overrides, run_dir=args.run_dir)
     table = Table(title=f"{result.config.experiment}: {result.run_dir.name}", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -67,7 +71,7 @@ def _cmd_list(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "list": _cmd_list}
+COMMANDS: dict[str, Any] = {"run": _cmd_run, "list": _cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -81,7 +81,7 @@ class StudyMetrics(Callback):
             (run_dir / "selection.csv").write_text("round,client_ids\n")
 
     def _restore(self, run_dir: Path, start_round: int) -> None:
-        rows = [r for r in _read_selection(run_dir) if r[0] < start_round]
+        rows = [r for r in read_selection(run_dir) if r[0] < start_round]
         _write_selection(run_dir, rows)
         for _, ids in rows:
             np.add.at(self.counts, ids, 1)
@@ -103,9 +103,9 @@ class StudyMetrics(Callback):
 
     def on_round_end(self, state: Any, metrics: dict[str, float], orchestrator: Any) -> None:
         """Add the round's fairness and cost metrics and append the selection to ``selection.csv``."""
-        size = float(self.info["model_bytes"])
+        size, flops = float(self.info["model_bytes"]), float(self.info["forward_flops_per_sample"])
         per_round = {"cost/bytes_down": size * len(self._cohort), "cost/bytes_up": size * self._returned,
-                     "cost/flops": float(TRAIN_FLOPS_PER_FORWARD * self.info["forward_flops_per_sample"] * self._samples)}
+                     "cost/flops": TRAIN_FLOPS_PER_FORWARD * flops * self._samples}
         for key, value in per_round.items():
             self.totals[f"{key}_total"] += value
         metrics.update({
@@ -129,14 +129,15 @@ class StudyMetrics(Callback):
         for logger in orchestrator.fabric.loggers:
             if hasattr(logger, "set_summary"):
                 logger.set_summary({k: v for k, v in orchestrator.summary.items() if isinstance(v, (int, float))})
-                _log_selection_table(logger, _read_selection(run_dir))
+                _log_selection_table(logger, read_selection(run_dir))
 
 
 def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def _read_selection(run_dir: Path) -> list[tuple[int, list[int]]]:
+def read_selection(run_dir: Path) -> list[tuple[int, list[int]]]:
+    """The rows of a run's ``selection.csv``: ``(round, selected client ids)``."""
     path = run_dir / "selection.csv"
     if not path.exists():
         return []
