@@ -59,9 +59,13 @@ def cleanup_between_runs() -> None:
     gc.collect()
 
 
-def resume_supported() -> bool:
-    """Whether the config has a ``resume`` key (checkpoints); without it unfinished runs restart from scratch."""
-    return "resume" in {f.name for f in dataclasses.fields(Config)}
+def can_resume(run_dir: Path) -> bool:
+    """Whether an unfinished run can continue: the config has ``resume`` and the run left a checkpoint.
+
+    Otherwise the run restarts from scratch in the same directory.
+    """
+    has_key = "resume" in {f.name for f in dataclasses.fields(Config)}
+    return has_key and any((run_dir / "checkpoints").glob("*"))
 
 
 def parse_sweep(items: Sequence[str]) -> dict[str, list[str]]:
@@ -155,16 +159,16 @@ def compare(
             done.append((spec, "skipped"))
             continue
         cfg = spec.config
-        if status == "unfinished":
-            if resume_supported():
-                cfg = dataclasses.replace(cfg, resume="auto")  # type: ignore[call-arg]
-            else:
-                shutil.rmtree(spec.run_dir)
+        resumable = status == "unfinished" and can_resume(spec.run_dir)
+        if resumable:
+            cfg = dataclasses.replace(cfg, resume="auto")  # type: ignore[call-arg]
+        elif status == "unfinished":
+            shutil.rmtree(spec.run_dir)
         if isolate:
             _run_isolated(cfg, spec.run_dir)
         else:
             _run_in_process(cfg, spec.run_dir)
-        done.append((spec, {"new": "ran", "unfinished": "resumed" if resume_supported() else "restarted"}[status]))
+        done.append((spec, "resumed" if resumable else {"new": "ran", "unfinished": "restarted"}[status]))
     exp_dir = Path(base.logging.dir) / base.experiment
     first = specs[0].method
     report = build_report(exp_dir, baseline=baseline or c.baseline or first, test=test or c.test, fmt=fmt or c.format,
