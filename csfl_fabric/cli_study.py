@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markdown import Markdown
 from rich.table import Table
 
 from csfl_fabric.errors import ConfigError
+from csfl_fabric.report_md import cell
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
@@ -62,10 +62,17 @@ def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
                      sweep={k: v for k, v in sweep.items() if len(v) > 1}, isolate=args.isolate,
                      baseline=args.baseline, test=args.test, fmt=args.fmt)
     for spec, action in result.runs:
-        console.print(f"{action:>9}  {spec.run_dir}")
-    overview = (result.report.report_dir / "report.md").read_text().split("\n## ")[1].partition("\n")[2]
-    console.print(Markdown(overview))
-    console.print(f"Report: {result.report.report_dir / 'report.md'}")
+        console.print(f"{action:>9}  {spec.run_dir.name}", soft_wrap=True)
+    table = Table(title=f"{result.experiment_dir.name} (mean ± 95% CI over seeds; time in {result.report.time_unit})")
+    columns = {"final_acc": "final acc", "best_acc": "best acc", "time_to_80pct": "time to 80%",
+               "fair_participation_gini": "Gini", "wall_seconds": "wall s"}
+    for name in ("method", "seeds", *columns.values()):
+        table.add_column(name, justify="left" if name == "method" else "right")
+    for label, metrics in result.report.table.items():
+        seeds = str(max((n for *_, n in metrics.values()), default=0))
+        table.add_row(label, seeds, *(cell(metrics.get(k)) for k in columns))
+    console.print(table)
+    console.print(f"Report: {result.report.report_dir / 'report.md'}", soft_wrap=True)
     return 0
 
 

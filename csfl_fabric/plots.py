@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from csfl_fabric.callbacks.study import read_selection
 from csfl_fabric.metrics import SIM_TIME
@@ -58,6 +59,7 @@ def _curve(records: Sequence[RunRecord], y: str, x: str, ylabel: str, path: Path
         ax.plot(grid, values.mean(axis=0), label=label)
         ax.fill_between(grid, values.min(axis=0), values.max(axis=0), alpha=0.2)
     ax.set_xlabel("round" if x == "round" else "simulated seconds")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=x == "round"))
     ax.set_ylabel(ylabel)
     ax.set_title(f"{ylabel} (mean over seeds, band: min to max)")
     ax.grid(alpha=0.3)

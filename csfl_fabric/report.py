@@ -76,7 +76,7 @@ def load_run(run_dir: Path) -> RunRecord | None:
 def load_runs(directory: str | Path, only: Sequence[Path] | None = None) -> list[RunRecord]:
     """Every run directory below ``directory`` (or just ``only``), sorted by path."""
     found = sorted(p.parent for p in Path(directory).rglob("config.yaml"))
-    dirs = [Path(p) for p in only] if only is not None else found
+    dirs = sorted(Path(p) for p in only) if only is not None else found
     records = [load_run(d) for d in dirs if "wandb" not in d.parts and d.name != ".compare"]
     return [r for r in records if r is not None]
 
@@ -96,22 +96,29 @@ def aggregate(records: Sequence[RunRecord]) -> dict[str, dict[str, tuple[float, 
 
 
 def paired_tests(records: Sequence[RunRecord], baseline: str, test: str) -> list[dict[str, Any]]:
-    """Each variant against the baseline method at the same sweep point, paired by seed, Holm-corrected per metric."""
+    """Each variant against the baseline, paired by seed, Holm-corrected per metric.
+
+    A method is tested against the baseline method at the same sweep point; the baseline method's own other
+    sweep points are tested against its first one.
+    """
     done = [r for r in records if r.status == "success"]
+    # Other methods meet the baseline at their own sweep point; the baseline's other points meet its first one.
+    home = next((r.point for r in done if r.method == baseline), "")
     out: list[dict[str, Any]] = []
     for metric in TESTED:
-        family = []
+        family: list[dict[str, Any]] = []
         for label in _labels(done):
             runs = {r.seed: r for r in done if r.label == label}
             first = next(iter(runs.values()))
-            if first.method == baseline:
+            point = home if first.method == baseline else first.point
+            if first.method == baseline and first.point == home:
                 continue
-            base = {r.seed: r for r in done if r.method == baseline and r.point == first.point}
+            base = {r.seed: r for r in done if r.method == baseline and r.point == point}
             seeds = sorted(s for s in runs if s in base and metric in runs[s].summary and metric in base[s].summary)
             a = [float(runs[s].summary[metric]) for s in seeds]
             b = [float(base[s].summary[metric]) for s in seeds]
             diff = sum(x - y for x, y in zip(a, b, strict=True)) / len(seeds) if seeds else math.nan
-            family.append({"metric": metric, "method": label, "baseline": f"{baseline} {first.point}".strip(),
+            family.append({"metric": metric, "method": label, "baseline": f"{baseline} {point}".strip(),
                            "n": len(seeds), "mean_diff": diff, "p": paired_pvalue(a, b, test) if seeds else math.nan})
         for row, adjusted in zip(family, holm([r["p"] for r in family]), strict=True):
             row["p_holm"] = adjusted

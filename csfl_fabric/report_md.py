@@ -64,11 +64,12 @@ def render(report: Report, records: Sequence[RunRecord], baseline: str, test: st
     lines += [f"## Paired comparison against `{baseline}`", "",
               f"{TEST_NAMES[test]} over seeds (pairs share partition, data order and initial model); "
               "p-values Holm-corrected over the methods for each metric. `diff` = method - baseline.", "",
-              *_table(["metric", "method", "pairs", "diff", "p", "p (Holm)"], [_test_row(t) for t in report.tests]),
+              *_table(["metric", "method", "against", "pairs", "diff", "p", "p (Holm)"],
+                     [_test_row(t) for t in report.tests]),
               ""]
     lines += ["## Plots", "", *(f"![{p.stem}]({p.name})" for p in report.plots), ""]
     return "\n".join(lines)
 
 
 def _test_row(t: dict[str, Any]) -> list[str]:
-    return [t["metric"], t["method"], str(t["n"]), fmt(t["mean_diff"]), fmt(t["p"]), fmt(t["p_holm"])]
+    return [t["metric"], t["method"], t["baseline"], str(t["n"]), fmt(t["mean_diff"]), fmt(t["p"]), fmt(t["p_holm"])]

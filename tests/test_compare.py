@@ -103,16 +103,21 @@ def test_report_has_the_paired_tests_and_plots(comparison):
          for s in (0, 1)]
     b = [json.loads((runs / "smoke" / f"heuristic.random-seed{s}" / "summary.json").read_text())["final_acc"]
          for s in (0, 1)]
-    assert tests["final_acc"]["method"] == "test.lowest_ids" and tests["final_acc"]["n"] == 2
+    assert tests["final_acc"]["method"] == "test.lowest_ids"
+    assert tests["final_acc"]["n"] == 2
     assert tests["final_acc"]["p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
     assert tests["final_acc"]["p_holm"] == pytest.approx(tests["final_acc"]["p"])  # one comparison per metric
     md = (result.report.report_dir / "report.md").read_text()
-    assert "paired t-test" in md and "Holm" in md and "| test.lowest_ids | 2 |" in md
+    assert "paired t-test" in md
+    assert "Holm" in md
+    assert "| test.lowest_ids | 2 |" in md
     names = sorted(p.name for p in result.report.plots)
     assert names == ["accuracy_round.png", "participation.png", "train_loss.png"]
     for path in result.report.plots:
         image = imread(path)
-        assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0.01  # drawn, not blank
+        assert image.shape[0] > 100
+        assert image.shape[1] > 100
+        assert image.std() > 0.01
 
 
 def test_rerun_skips_finished_runs_and_report_rebuilds_as_svg(comparison, tmp_path):

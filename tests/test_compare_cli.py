@@ -31,7 +31,9 @@ def test_interrupted_comparison_completes_without_redoing_finished_runs(tmp_path
         time.sleep(0.02)
     proc.kill()
     proc.wait()
-    assert run_status(first) == "success" and run_status(second) != "success" and run_status(third) == "new"
+    assert run_status(first) == "success"
+    assert run_status(second) != "success"
+    assert run_status(third) == "new"
     mtimes = {p: p.stat().st_mtime_ns for p in first.iterdir()}
 
     # Execute: the same command again.
@@ -41,7 +43,8 @@ def test_interrupted_comparison_completes_without_redoing_finished_runs(tmp_path
     # Assert: the finished run was left alone, the others completed once each, and the report covers all three.
     assert rerun.returncode == 0, out
     assert {p: p.stat().st_mtime_ns for p in first.iterdir()} == mtimes
-    assert "skipped" in out and "Report:" in out
+    assert "skipped" in out
+    assert "Report:" in out
     for run_dir in (second, third):
         assert run_status(run_dir) == "success"
         assert [int(r["round"]) for r in read_metrics(run_dir)] == list(range(150))
@@ -66,7 +69,8 @@ def test_wandb_runs_share_a_group_with_method_job_type_tags_and_summary(tmp_path
         data = offline.read_bytes()
         summary = json.loads((spec.run_dir / "summary.json").read_text())
         for key in ("best_acc", "time_to_80pct", "auc_acc_time", "fair_participation_gini"):
-            assert key in summary and key.encode() in data  # set as the W&B run summary
+            assert key in summary
+            assert key.encode() in data
         assert list(offline.parent.glob("files/media/table/select/*.table.json"))  # the selection table
 
 
@@ -86,6 +90,7 @@ def test_report_and_runs_commands(tmp_path, capsys):
     capsys.readouterr()
     assert main(["runs", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert out.count("success") == 3 and out.count("unfinished") == 1
+    assert out.count("success") == 3
+    assert out.count("unfinished") == 1
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -58,12 +58,16 @@ def test_summarize_in_rounds_by_hand():
     s = summarize(_history(clock=False), initial_acc=0.1, target=0.65)
     # Gain 0.6: 50% -> 0.4 reached at round 2 (3 rounds done), 80% -> 0.58 at round 2, 90% -> 0.64 at round 3.
     assert (s["rounds_to_50pct"], s["rounds_to_80pct"], s["rounds_to_90pct"]) == (3.0, 3.0, 4.0)
-    assert s["time_to_90pct"] == 4.0 and s["time_to_target"] == 4.0 and s["time_unit"] == "rounds"
+    assert s["time_to_90pct"] == 4.0
+    assert s["time_to_target"] == 4.0
+    assert s["time_unit"] == "rounds"
     # AUC from (0, 0.1) through (1, .3), (3, .6), (4, .7): 0.2 + 0.9 + 0.65
     assert s["auc_acc_time"] == pytest.approx(1.75)
     assert s["gain_per_round"] == pytest.approx(0.6 / 4)
-    assert s["final_acc"] == 0.7 and s["final_loss"] == pytest.approx(0.3)
-    assert s["fair_participation_gini"] == pytest.approx(0.3) and s["cost_bytes_up_total"] == 20.0
+    assert s["final_acc"] == 0.7
+    assert s["final_loss"] == pytest.approx(0.3)
+    assert s["fair_participation_gini"] == pytest.approx(0.3)
+    assert s["cost_bytes_up_total"] == 20.0
     assert "cost_bytes_up" not in s
     assert s["fair_label_coverage_mean"] == pytest.approx(np.mean([0.5, 0.6, 0.7, 0.8]))
 
@@ -71,7 +75,9 @@ def test_summarize_in_rounds_by_hand():
 def test_summarize_uses_the_simulated_clock_when_logged():
     s = summarize(_history(clock=True), initial_acc=0.1)
     assert s["time_unit"] == "sim_s"
-    assert s["rounds_to_90pct"] == 4.0 and s["time_to_90pct"] == 1600.0 and s["time_to_50pct"] == 900.0
+    assert s["rounds_to_90pct"] == 4.0
+    assert s["time_to_90pct"] == 1600.0
+    assert s["time_to_50pct"] == 900.0
     # From (0, .1) through (100, .3), (900, .6), (1600, .7)
     assert s["auc_acc_time"] == pytest.approx(100 * 0.2 + 800 * 0.45 + 700 * 0.65)
     assert s["gain_per_hour"] == pytest.approx(0.6 / (1600 / 3600))

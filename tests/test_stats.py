@@ -34,12 +34,15 @@ def test_holm_by_hand():
     assert holm([0.02, 0.025, 0.9]) == pytest.approx([0.06, 0.06, 0.9])
     assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
     out = holm([0.01, math.nan])
-    assert out[0] == pytest.approx(0.01) and math.isnan(out[1])
+    assert out[0] == pytest.approx(0.01)
+    assert math.isnan(out[1])
 
 
 def test_mean_ci_is_the_student_t_interval():
     x = [0.7, 0.8, 0.75, 0.9]
     mean, half = mean_ci(x)
     low, high = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
-    assert mean == pytest.approx(np.mean(x)) and half == pytest.approx((high - low) / 2)
-    assert math.isnan(mean_ci([0.5])[1]) and mean_ci([0.5, math.nan])[0] == 0.5
+    assert mean == pytest.approx(np.mean(x))
+    assert half == pytest.approx((high - low) / 2)
+    assert math.isnan(mean_ci([0.5])[1])
+    assert mean_ci([0.5, math.nan])[0] == 0.5
