@@ -57,10 +57,13 @@ class StudyMetrics(Callback):
         self._present = np.zeros((0, 0), dtype=bool)
         self._cohort: list[int] = []
         self._samples = self._returned = 0
+        self._writes = False
 
     def on_run_start(self, state: Any, orchestrator: Any) -> None:
         """Measure the model once (bytes, FLOPs, initial accuracy) and restore totals on a resume."""
         store, run_dir = orchestrator.store, orchestrator.run_dir
+        # Every rank computes the same metrics; only rank 0 writes files, like the loggers.
+        self._writes = run_dir is not None and orchestrator.fabric.global_rank == 0
         y = store.y.cpu()
         classes = torch.unique(y)
         self._present = np.stack([torch.isin(classes, y[store.client(c, 0).indices.cpu()]).numpy()
@@ -75,14 +78,15 @@ class StudyMetrics(Callback):
         self.info = {"initial_acc": initial["eval/acc"], "model_bytes": params_bytes(orchestrator.global_params),
                      "forward_flops_per_sample": forward_flops_per_sample(orchestrator.trainer.model.module,
                                                                           store.x[:1])}
-        if info_path is not None:
+        if info_path is not None and self._writes:
             info_path.parent.mkdir(parents=True, exist_ok=True)
             write_json(info_path, self.info)
             (run_dir / "selection.csv").write_text("round,client_ids\n")
 
     def _restore(self, run_dir: Path, start_round: int) -> None:
         rows = [r for r in read_selection(run_dir) if r[0] < start_round]
-        _write_selection(run_dir, rows)
+        if self._writes:
+            _write_selection(run_dir, rows)
         for _, ids in rows:
             np.add.at(self.counts, ids, 1)
         done = [r for r in read_metrics(run_dir) if r["round"] < start_round] if (run_dir / "metrics.csv").exists() \
@@ -115,7 +119,7 @@ class StudyMetrics(Callback):
             "fair/label_coverage": label_coverage(self._present, self._cohort),
             **per_round, **self.totals,
         })
-        if orchestrator.run_dir is not None:
+        if self._writes:
             with (orchestrator.run_dir / "selection.csv").open("a") as fh:
                 fh.write(f"{state.round},{' '.join(map(str, self._cohort))}\n")
 
