@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric import Fabric
 from torch import Tensor, nn
+from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassF1Score,
@@ -75,7 +76,8 @@ class ClientTrainer:
         metrics = {"acc": MulticlassAccuracy(num_classes), "f1": MulticlassF1Score(num_classes, average="macro"),
                    "precision": MulticlassPrecision(num_classes, average="macro"),
                    "recall": MulticlassRecall(num_classes, average="macro")}
-        self._metrics = {k: m.to(fabric.device) for k, m in metrics.items()}
+        # One collection: metrics with the same state (all four count per-class stats) share one update per batch.
+        self._metrics = MetricCollection(metrics, compute_groups=True).to(fabric.device)
 
     def global_params(self) -> Params:
         """A detached copy of the model's current weights and buffers."""
@@ -136,17 +138,16 @@ class ClientTrainer:
         """Accuracy, mean loss, macro-F1, macro precision and macro recall of ``params`` on ``(x, y)``."""
         self.load(params)
         self.model.module.eval()
-        for m in self._metrics.values():
-            m.reset()
+        self._metrics.reset()
         loss_sum = torch.zeros((), device=self.fabric.device)
         for start in range(0, len(y), self.settings.eval_batch_size):
             xb, yb = x[start : start + self.settings.eval_batch_size], y[start : start + self.settings.eval_batch_size]
             logits = self.model(xb).float()
             loss_sum += F.cross_entropy(logits, yb, reduction="sum")
-            for m in self._metrics.values():
-                m.update(logits, yb)
-        values = torch.stack([loss_sum / max(len(y), 1), *(m.compute() for m in self._metrics.values())]).tolist()
-        return {"eval/loss": values[0], **{f"eval/{k}": v for k, v in zip(self._metrics, values[1:], strict=True)}}
+            self._metrics.update(logits, yb)
+        computed = self._metrics.compute()
+        values = torch.stack([loss_sum / max(len(y), 1), *computed.values()]).tolist()
+        return {"eval/loss": values[0], **{f"eval/{k}": v for k, v in zip(computed, values[1:], strict=True)}}
 
     @torch.inference_mode()
     def losses(self, params: Params, clients: Sequence[ClientData]) -> np.ndarray:
