@@ -11,7 +11,7 @@ from scipy import stats
 import csfl_fabric
 from csfl_fabric.build import build_run
 from csfl_fabric.compare import parse_sweep, plan, run_status
-from csfl_fabric.errors import ConfigError
+from csfl_fabric.errors import ConfigError, UnknownNameError
 from csfl_fabric.loggers import read_metrics
 from csfl_fabric.registry import SELECTORS
 from csfl_fabric.selection import ClientSelector
@@ -152,3 +152,20 @@ def test_compare_block_in_yaml_gives_the_defaults(tmp_path):
     assert [(s.seed, s.config.train.lr) for s in specs] == [(3, 0.1), (4, 0.1), (3, 0.2), (4, 0.2)]
     with pytest.raises(ConfigError, match="compare.test"):
         plan({**config, "compare": {"test": "anova"}})
+
+
+def test_a_bad_method_fails_before_anything_runs(tmp_path):
+    with pytest.raises(UnknownNameError, match="heuristic.random"):
+        csfl_fabric.compare(SMOKE, methods=["heuristic.random", "heuristic.rnadom"],
+                            overrides=[f"logging.dir={tmp_path}"])
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_isolated_runs_match_in_process_runs(tmp_path):
+    inproc = csfl_fabric.compare(SMOKE, seeds=[0], overrides=["rounds.num_rounds=2", f"logging.dir={tmp_path / 'a'}"])
+    isolated = csfl_fabric.compare(SMOKE, seeds=[0], overrides=["rounds.num_rounds=2", f"logging.dir={tmp_path / 'b'}"],
+                                   isolate=True)
+    (a, _), (b, _) = inproc.runs[0], isolated.runs[0]
+    assert (a.run_dir / "metrics.csv").read_bytes() == (b.run_dir / "metrics.csv").read_bytes()
+    assert (a.run_dir / "selection.csv").read_bytes() == (b.run_dir / "selection.csv").read_bytes()

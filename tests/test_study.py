@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import csfl_fabric
-from csfl_fabric.build import build_dataset
+from csfl_fabric.build import build_dataset, build_run
 from csfl_fabric.callbacks.study import forward_flops_per_sample, read_selection
+from csfl_fabric.loggers import read_metrics
 from csfl_fabric.metrics import gini, normalized_entropy
 from tests.conftest import SMOKE
 
@@ -44,3 +45,29 @@ def test_forward_flops_of_a_small_mlp():
     model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     assert forward_flops_per_sample(model, torch.zeros(5, 8)) == 2 * 8 * 4 + 2 * 4 * 2
     assert model.training  # restored
+
+
+def test_a_resumed_run_continues_totals_and_selection_log(smoke):
+    # Prepare: a finished 3-round run, then the same run directory rebuilt and set back to round 2, as a
+    # checkpoint resume does (state restored, CSV rows of later rounds dropped) before `on_run_start`.
+    first = csfl_fabric.run(SMOKE, smoke)
+    rows = first.metrics
+    run = build_run(first.config, run_dir=first.run_dir)
+    run.orchestrator.state.round = 2
+    for logger in run.fabric.loggers:
+        logger.truncate(2)
+
+    # Execute: the last round again.
+    run.orchestrator.run()
+
+    # Assert: two kept selection rows plus one new one, totals continued from round 1, no second initial eval.
+    selection = read_selection(first.run_dir)
+    assert [r for r, _ in selection] == [0, 1, 2]
+    again = read_metrics(first.run_dir)
+    assert again[:2] == rows[:2]
+    assert again[2]["cost/bytes_up_total"] == rows[1]["cost/bytes_up_total"] + again[2]["cost/bytes_up"]
+    counts = np.zeros(10)
+    for _, ids in selection:
+        counts[ids] += 1
+    assert again[2]["fair/participation_gini"] == pytest.approx(gini(counts))
+    assert json.loads((first.run_dir / "summary.json").read_text())["initial_acc"] == first.summary["initial_acc"]
