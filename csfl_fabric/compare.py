@@ -147,10 +147,19 @@ def compare(
         fmt: plot format ``png``, ``pdf`` or ``svg``; default ``compare.format``.
 
     Finished runs (``summary.json`` with status ``success``) are skipped; unfinished ones resume from their
-    checkpoint when checkpoints exist (``resume=auto``) and otherwise restart in the same directory.
+    checkpoint when checkpoints exist (``resume=auto``) and otherwise restart in the same directory. A run
+    that fails stops the comparison; rerunning it continues from there.
+
+    Raises:
+        ConfigError: a bad config, override, sweep or baseline, before any run starts.
     """
     base, specs = plan(config, overrides, methods, seeds, sweep)
     c = base.compare
+    baseline = baseline or c.baseline or specs[0].method
+    if baseline not in {s.method for s in specs}:
+        # Checked before the runs, not after hours of them.
+        raise ConfigError(f"Expected the baseline to be one of the methods {sorted({s.method for s in specs})} "
+                          f"but got `{baseline}`.")
     isolate = c.isolate if isolate is None else isolate
     done: list[tuple[RunSpec, str]] = []
     for spec in specs:
@@ -170,8 +179,7 @@ def compare(
             _run_in_process(cfg, spec.run_dir)
         done.append((spec, "resumed" if resumable else {"new": "ran", "unfinished": "restarted"}[status]))
     exp_dir = Path(base.logging.dir) / base.experiment
-    first = specs[0].method
-    report = build_report(exp_dir, baseline=baseline or c.baseline or first, test=test or c.test, fmt=fmt or c.format,
+    report = build_report(exp_dir, baseline=baseline, test=test or c.test, fmt=fmt or c.format,
                           only=[s.run_dir for s in specs])
     return ComparisonResult(experiment_dir=exp_dir, runs=done, report=report)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from csfl_fabric.errors import ConfigError
 from csfl_fabric.loggers import read_metrics
 from csfl_fabric.plots import make_plots
 from csfl_fabric.report_md import render
@@ -136,12 +137,18 @@ def build_report(directory: str | Path, baseline: str | None = None, test: str =
         test: ``ttest`` or ``wilcoxon``.
         fmt: plot format, ``png``, ``pdf`` or ``svg``.
         only: restrict to these run directories (a comparison's own runs).
+
+    Raises:
+        ConfigError: no run directories below ``directory``, or a baseline that is not one of their methods.
     """
     directory = Path(directory)
     records = load_runs(directory, only)
     if not records:
-        raise FileNotFoundError(f"No run directories (with config.yaml) below `{directory}`.")
-    baseline = baseline or sorted(r.method for r in records)[0]
+        raise ConfigError(f"No run directories (with config.yaml) below `{directory}`. Pass runs/<experiment>.")
+    methods = sorted({r.method for r in records})
+    baseline = baseline or methods[0]
+    if baseline not in methods:
+        raise ConfigError(f"Baseline `{baseline}` is not among the methods of `{directory}`: {', '.join(methods)}.")
     out = directory / "report"
     out.mkdir(parents=True, exist_ok=True)
     table = aggregate(records)

@@ -158,6 +158,8 @@ def test_a_bad_method_fails_before_anything_runs(tmp_path):
     with pytest.raises(UnknownNameError, match="heuristic.random"):
         csfl_fabric.compare(SMOKE, methods=["heuristic.random", "heuristic.rnadom"],
                             overrides=[f"logging.dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="baseline"):
+        csfl_fabric.compare(SMOKE, baseline="heuristic.pow_d", overrides=[f"logging.dir={tmp_path}"])
     assert not any(tmp_path.iterdir())
 
 

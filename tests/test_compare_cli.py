@@ -94,3 +94,7 @@ def test_report_and_runs_commands(tmp_path, capsys):
     assert out.count("unfinished") == 1
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["report", str(exp), "--baseline", "heuristic.rnadom"]) == 2
+    assert "heuristic.rnadom` is not among the methods" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
