@@ -78,9 +78,9 @@ def _participation(records: Sequence[RunRecord], path: Path) -> Path:
     for ax, label in zip(axes, labels, strict=True):
         counts = np.concatenate([selection_counts(r.run_dir) for r in records if r.label == label])
         ax.hist(counts, bins=np.arange(counts.max() + 2) - 0.5 if counts.size else 1)
-        ax.set_title(label, fontsize="small")
+        ax.set_title(label.replace(" ", "\n"), fontsize="small")  # method, then sweep point
         ax.set_xlabel("rounds selected")
-    axes[0].set_ylabel("clients")
+    axes[0].set_ylabel("clients (all seeds)")
     fig.tight_layout()
     fig.savefig(path)
     return path
