@@ -44,7 +44,8 @@ def comparison(lowest_ids, tmp_path_factory):
 
 def test_runs_of_one_seed_share_partition_and_initial_model(lowest_ids, tmp_path):
     # Prepare: the configs the comparison runs (nothing written).
-    _, specs = plan(SMOKE, [f"logging.dir={tmp_path}"], METHODS, [0, 1])
+    _, specs = plan(SMOKE, [f"logging.dir={tmp_path}", "systems.availability=bernoulli", "systems.availability_p=0.5"],
+                    METHODS, [0, 1])
     assert [(s.method, s.seed) for s in specs] == [(m, s) for s in (0, 1) for m in METHODS]
     built = {(s.method, s.seed): build_run(s.config, run_dir=tmp_path / s.run_dir.name) for s in specs}
 
@@ -52,14 +53,19 @@ def test_runs_of_one_seed_share_partition_and_initial_model(lowest_ids, tmp_path
         store = run.orchestrator.store
         return [store.client(c, 0).indices.tolist() for c in range(store.num_clients)]
 
+    def availability(run):
+        return [run.orchestrator.systems.available(r).tolist() for r in range(5)]
+
     for seed in (0, 1):
         a, b = built[(METHODS[0], seed)], built[(METHODS[1], seed)]
         assert partition(a) == partition(b)
+        assert availability(a) == availability(b)
         for key, value in a.orchestrator.global_params.items():
             assert torch.equal(value, b.orchestrator.global_params[key])
         assert a.orchestrator.selector_key != b.orchestrator.selector_key
     # Different seeds do differ, so the equalities above are not vacuous.
     assert partition(built[(METHODS[0], 0)]) != partition(built[(METHODS[0], 1)])
+    assert availability(built[(METHODS[0], 0)]) != availability(built[(METHODS[0], 1)])
 
 
 def test_comparison_writes_fixed_paired_run_dirs(comparison):

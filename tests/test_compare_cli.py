@@ -71,7 +71,7 @@ def test_wandb_runs_share_a_group_with_method_job_type_tags_and_summary(tmp_path
         for key in ("best_acc", "time_to_80pct", "auc_acc_time", "fair_participation_gini"):
             assert key in summary
             assert key.encode() in data
-        assert list(offline.parent.glob("files/media/table/select/*.table.json"))  # the selection table
+        assert list(offline.parent.glob("files/media/table/select/clients*.table.json"))  # the selection table
 
 
 def test_report_and_runs_commands(tmp_path, capsys):

@@ -43,7 +43,7 @@ class StudyMetrics(Callback):
     Per round: ``fair/participation_{var,gini,entropy}`` over every client's selection count so far,
     ``fair/label_coverage`` of the round's cohort, ``cost/bytes_{down,up}`` (model bytes x clients sent the
     model / that returned it), ``cost/flops`` (3 x forward FLOPs per sample x samples processed) and their
-    cumulative ``*_total``. The round's selection goes to ``selection.csv`` (also the W&B selection table).
+    cumulative ``*_total``. The round's selection goes to ``selection.csv``.
     At the end `csfl_fabric.metrics.summarize` adds time to accuracy, area under the curve and gain per hour
     to the summary, which is also set as the W&B run summary.
 
@@ -124,7 +124,7 @@ class StudyMetrics(Callback):
                 fh.write(f"{state.round},{' '.join(map(str, self._cohort))}\n")
 
     def on_run_end(self, state: Any, orchestrator: Any) -> None:
-        """Add the study summary to the run summary (and to W&B, with the selection table)."""
+        """Add the study summary to the run summary and set it as the W&B run summary."""
         run_dir = orchestrator.run_dir
         if run_dir is None or not (run_dir / "metrics.csv").exists() or not self.info:
             return
@@ -133,7 +133,6 @@ class StudyMetrics(Callback):
         for logger in orchestrator.fabric.loggers:
             if hasattr(logger, "set_summary"):
                 logger.set_summary({k: v for k, v in orchestrator.summary.items() if isinstance(v, (int, float))})
-                _log_selection_table(logger, read_selection(run_dir))
 
 
 def _is_nan(value: Any) -> bool:
@@ -153,10 +152,3 @@ def _write_selection(run_dir: Path, rows: list[tuple[int, list[int]]]) -> None:
     lines = [f"{r},{' '.join(map(str, ids))}\n" for r, ids in rows]
     (run_dir / "selection.csv").write_text("round,client_ids\n" + "".join(lines))
 
-
-def _log_selection_table(logger: Any, rows: list[tuple[int, list[int]]]) -> None:
-    import wandb
-
-    table = wandb.Table(columns=["round", "client_id", "position"],
-                        data=[[r, c, i] for r, ids in rows for i, c in enumerate(ids)])
-    logger.experiment.log({"select/table": table})
