@@ -76,7 +76,14 @@ COMMANDS: dict[str, Any] = {"run": _cmd_run, "list": _cmd_list}
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``csfl-fabric`` console script; returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow the flags (`compare CONFIG --seeds 0,1 train.lr=0.1`).
+    bad = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     console = Console()
     try:
         return COMMANDS[args.command](args, console)

@@ -118,7 +118,9 @@ def test_report_has_the_paired_tests_and_plots(comparison):
     assert "Holm" in md
     assert "| test.lowest_ids | 2 |" in md
     names = sorted(p.name for p in result.report.plots)
-    assert names == ["accuracy_round.png", "participation.png", "train_loss.png"]
+    # With the simulated clock in metrics.csv there is also accuracy over simulated time.
+    assert names == ["accuracy_round.png", "accuracy_time.png", "participation.png", "train_loss.png"]
+    assert result.report.time_unit == "simulated seconds"
     for path in result.report.plots:
         image = imread(path)
         assert image.shape[0] > 100

@@ -75,7 +75,7 @@ def test_wandb_runs_share_a_group_with_method_job_type_tags_and_summary(tmp_path
 
 
 def test_report_and_runs_commands(tmp_path, capsys):
-    assert main(["compare", str(SMOKE), f"logging.dir={tmp_path}", "rounds.num_rounds=2", "--seeds", "0,1",
+    assert main(["compare", str(SMOKE), f"logging.dir={tmp_path}", "--seeds", "0,1", "rounds.num_rounds=2",
                  "--sweep", "train.lr=0.1,0.2", "rounds.clients_per_round=3"]) == 0
     exp = tmp_path / "smoke"
     assert sorted(p.name for p in exp.iterdir()) == [
