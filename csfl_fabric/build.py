@@ -14,6 +14,7 @@ from lightning.fabric import Fabric
 
 from csfl_fabric.callbacks.checkpoint import Checkpoint
 from csfl_fabric.callbacks.progress import RichProgress
+from csfl_fabric.callbacks.study import StudyMetrics
 from csfl_fabric.config import Config, to_dict
 from csfl_fabric.data import systems
 from csfl_fabric.data.datasets import FederatedDataset
@@ -122,14 +123,15 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
 
     # First, so that its round-start state precedes anything other callbacks do in that round.
     all_callbacks: list[Any] = [Checkpoint(checkpoint_dir(run_dir), config.checkpoint.every_n_rounds,
-                                           config.checkpoint.keep, meta={"config_hash": config_hash(config)})]
+                                           config.checkpoint.keep, meta={"config_hash": config_hash(config)}),
+                                StudyMetrics()]
     if config.logging.progress:
         all_callbacks.append(RichProgress(f"{config.experiment} {run_name(config)}"))
     all_callbacks.extend(callbacks)
     loggers: list[Any] = [CSVMetricsLogger(run_dir)]
     wandb = WandbLogger(config.logging.wandb, config.logging.project, run_dir, config=to_dict(config),
                         name=run_dir.name, group=config.experiment, job_type=config.selector.name,
-                        run_id=(run_id := wandb_id(run_dir)))
+                        tags=list(config.logging.tags) or None, run_id=(run_id := wandb_id(run_dir)))
     if wandb.mode != "disabled":
         loggers.append(wandb)
     fabric = build_fabric(config, all_callbacks, loggers)

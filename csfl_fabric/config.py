@@ -140,6 +140,20 @@ class LoggingConfig:
     dir: str = "runs"
     run_name: str | None = None
     progress: bool = True
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CompareConfig:
+    """A comparison (`csfl-fabric compare`): methods x seeds x sweep points, paired by seed, and its report."""
+
+    methods: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    baseline: str | None = None
+    test: str = "ttest"
+    isolate: bool = False
+    format: str = "png"
 
 
 @dataclass
@@ -170,6 +184,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     fabric: FabricConfig = field(default_factory=FabricConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 # Component sections: (path, key of the registry name, registry). Switching the name starts from that
@@ -191,6 +206,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "systems.availability": ("always", "bernoulli", "trace"),
     "systems.trace_unit": ("round", "second"),
     "systems.deadline_policy": ("drop", "wait"),
+    "compare.test": ("ttest", "wilcoxon"),
+    "compare.format": ("png", "pdf", "svg"),
     "fabric.precision": ("32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"),
 }
 
