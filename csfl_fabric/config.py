@@ -62,6 +62,7 @@ class TrainConfig:
     num_threads: int = 1
     backend: str = "sequential"
     eval_batch_size: int = 1024
+    on_divergence: str = "skip"
 
 
 @dataclass
@@ -131,7 +132,7 @@ class MemoryConfig:
 
 @dataclass
 class CheckpointConfig:
-    """Checkpoint cadence (0 = only at the end... once checkpoints exist) and how many to keep."""
+    """Checkpoint cadence (every n rounds; 0 = only at the end) and how many checkpoints to keep."""
 
     every_n_rounds: int = 0
     keep: int = 2
@@ -146,6 +147,20 @@ class LoggingConfig:
     dir: str = "runs"
     run_name: str | None = None
     progress: bool = True
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CompareConfig:
+    """A comparison (`csfl-fabric compare`): methods x seeds x sweep points, paired by seed, and its report."""
+
+    methods: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    baseline: str | None = None
+    test: str = "ttest"
+    isolate: bool = False
+    format: str = "png"
 
 
 @dataclass
@@ -165,6 +180,7 @@ class Config:
 
     experiment: str = "default"
     seed: int = 0
+    resume: str = "never"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
@@ -175,6 +191,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     fabric: FabricConfig = field(default_factory=FabricConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 # Component sections: (path, key of the registry name, registry). Switching the name starts from that
@@ -191,10 +208,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.loader": ("tensor", "dataloader"),
     "train.optimizer": ("sgd", "adam"),
     "train.backend": ("sequential", "cohort"),
+    "train.on_divergence": ("skip", "abort"),
     "logging.wandb": ("offline", "online", "disabled"),
+    "resume": ("never", "auto"),
     "systems.availability": ("always", "bernoulli", "trace"),
     "systems.trace_unit": ("round", "second"),
     "systems.deadline_policy": ("drop", "wait"),
+    "compare.test": ("ttest", "wilcoxon"),
+    "compare.format": ("png", "pdf", "svg"),
     "fabric.precision": ("32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"),
 }
 
@@ -369,6 +390,7 @@ def _schema_type(path: str) -> str:
 def validate(config: Config) -> None:
     """Check value ranges, choices and component names; raise one clear error for the first problem."""
     c = config
+    _at_least("seed", c.seed, 0)
     _at_least("data.num_clients", c.data.num_clients, 1)
     _at_least("rounds.num_rounds", c.rounds.num_rounds, 1)
     _at_least("rounds.eval_every", c.rounds.eval_every, 1)
@@ -409,7 +431,7 @@ def validate(config: Config) -> None:
     _validate_systems(c.systems)
     for key, choices in CHOICES.items():
         section, _, leaf = key.partition(".")
-        value = getattr(getattr(c, section), leaf)
+        value = getattr(getattr(c, section), leaf) if leaf else getattr(c, section)
         if value not in choices:
             raise ConfigError(
                 f"Unknown value {value!r} for `{key}`. Valid choices (closest first): "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
@@ -17,7 +18,10 @@ from torch import Tensor
 from csfl_fabric.aggregation import Aggregator
 from csfl_fabric.data.store import ClientStore
 from csfl_fabric.data.systems import RoundPlan, SystemModel
+from csfl_fabric.errors import RunInterrupted
+from csfl_fabric.faults import ClientGuard
 from csfl_fabric.loggers import WandbLogger, write_json
+from csfl_fabric.rng import global_rng_state, set_global_rng_state
 from csfl_fabric.selection.base import ClientSelector, check_selection
 from csfl_fabric.state import ClientHistory, ClientResult, Feedback, Params, RunState, Selection, SelectionContext
 from csfl_fabric.telemetry import Participation, selection_metrics
@@ -51,6 +55,9 @@ class Orchestrator:
     `csfl_fabric.build`. Hooks go through ``fabric.call`` with keyword arguments only.
     """
 
+    #: Attributes whose ``state_dict()`` a checkpoint holds: a component added later registers here in one line.
+    STATEFUL: tuple[str, ...] = ("aggregator", "selector", "systems", "participation")
+
     def __init__(
         self,
         *,
@@ -66,6 +73,7 @@ class Orchestrator:
         selection_rng: np.random.Generator,
         systems: SystemModel,
         run_dir: Path | None = None,
+        guard: ClientGuard | None = None,
     ) -> None:
         self.fabric = fabric
         self.store = store
@@ -80,6 +88,7 @@ class Orchestrator:
         self.systems = systems
         self.participation = Participation(store.num_clients)
         self.run_dir = run_dir
+        self.guard = guard or ClientGuard()
         self.state = RunState(num_rounds=rounds.num_rounds, history=ClientHistory(store.num_samples))
         self.summary: dict[str, Any] = {}
         # The round's flattened client updates, kept by `_train` only for selectors with `needs_updates`.
@@ -93,9 +102,13 @@ class Orchestrator:
         self.fabric.call("on_run_start", state=state, orchestrator=self)
         try:
             while state.round < self.rounds.num_rounds and not state.should_stop:
+                self.guard.check_stop()
                 self._round(state)
                 state.round += 1
             status = "success"
+        except RunInterrupted:
+            status = "interrupted"
+            raise
         finally:
             self.fabric.call("on_run_end", state=state, orchestrator=self)
             self.summary.update(rounds_completed=state.round, stop_reason=state.stop_reason, status=status,
@@ -154,8 +167,12 @@ class Orchestrator:
         results: list[ClientResult] = []
         updates: dict[int, Tensor] | None = {} if self.selector.needs_updates else None
         for i, client_id in enumerate(selection.ids.tolist()):
+            self.guard.check_stop()  # a signal stops the run between clients, never inside one
             self.fabric.call("on_client_start", state=state, client_id=client_id)
-            params, result = self.trainer.fit(self.global_params, self.store.client(client_id, r))
+            fitted = self.guard.fit(self.trainer, self.global_params, self.store.client(client_id, r), r)
+            if fitted is None:
+                continue  # failed or diverged: left out of the aggregate, counted by the guard
+            params, result = fitted
             if updates is not None:
                 updates[client_id] = flat_update(params, self.global_params)
             weight = float(selection.weights[i]) if selection.weights is not None else float(result.num_samples)
@@ -163,6 +180,7 @@ class Orchestrator:
             del params  # views of the reused model: only the running sum survives the client
             results.append(result)
             self.fabric.call("on_client_end", state=state, client_id=client_id, result=result)
+        state.metrics.update(self.guard.end_round(r, len(selection.ids)))
         self._updates = updates
         return results
 
@@ -215,3 +233,49 @@ class Orchestrator:
         if target is not None and acc >= target and "rounds_to_target" not in s:
             s["rounds_to_target"] = r + 1
             s["sim_seconds_to_target"] = self.systems.total_s
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to go on bit for bit; meaningful between rounds.
+
+        Global params, per-client history, the selection generator, the summary, every `STATEFUL`
+        component, every callback with a ``state_dict`` and the global RNGs. ``round`` is also the
+        number of rows of ``metrics.csv`` that belong to this state.
+        """
+        return {
+            "round": self.state.round,
+            "global_params": {k: v.detach().cpu().clone() for k, v in self.global_params.items()},
+            "history": self.state.history.state_dict(),  # type: ignore[union-attr]
+            "selection_rng": copy.deepcopy(self.selection_rng.bit_generator.state),
+            "summary": copy.deepcopy(self.summary),
+            "components": {name: getattr(self, name).state_dict() for name in self.STATEFUL
+                           if getattr(self, name, None) is not None},
+            "callbacks": {key: cb.state_dict() for key, cb in self._stateful_callbacks()},
+            "rng": global_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (the next `run` continues from ``state["round"]``)."""
+        self.state.round = int(state["round"])
+        self.global_params = {k: v.to(self.fabric.device) for k, v in state["global_params"].items()}
+        self.state.history.load_state_dict(state["history"])  # type: ignore[union-attr]
+        self.selection_rng.bit_generator.state = state["selection_rng"]
+        self.summary = copy.deepcopy(state["summary"])
+        for name, sub in state["components"].items():
+            getattr(self, name).load_state_dict(sub)
+        callbacks = dict(self._stateful_callbacks())
+        for key, sub in state["callbacks"].items():
+            if key in callbacks:
+                callbacks[key].load_state_dict(sub)
+        set_global_rng_state(state["rng"])
+
+    def _stateful_callbacks(self) -> list[tuple[str, Any]]:
+        # Keyed by class name (and rank among callbacks of that class), not position: turning the progress bar
+        # on or off between a run and its resume must not shift the keys.
+        seen: dict[str, int] = {}
+        keyed = []
+        for cb in self.fabric._callbacks:  # Fabric keeps them privately; it has no public accessor
+            if hasattr(cb, "state_dict"):
+                name = type(cb).__name__
+                seen[name] = seen.get(name, 0) + 1
+                keyed.append((name if seen[name] == 1 else f"{name}#{seen[name]}", cb))
+        return keyed

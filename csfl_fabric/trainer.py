@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric import Fabric
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 
 from csfl_fabric.callbacks.memory import register_releasable
 from csfl_fabric.data.store import ClientData
@@ -68,16 +74,18 @@ class ClientTrainer:
         self._tensors = [t for t in state.values()]
         self._params = [p for p in self.model.parameters()]
         self._param_keys = [k for k, t in state.items() if isinstance(t, nn.Parameter)]
-        metrics = {"acc": MulticlassAccuracy(num_classes), "f1": MulticlassF1Score(num_classes, average="macro")}
-        self._metrics = {k: m.to(fabric.device) for k, m in metrics.items()}
+        metrics = {"acc": MulticlassAccuracy(num_classes), "f1": MulticlassF1Score(num_classes, average="macro"),
+                   "precision": MulticlassPrecision(num_classes, average="macro"),
+                   "recall": MulticlassRecall(num_classes, average="macro")}
+        # One collection: metrics with the same state (all four count per-class stats) share one update per batch.
+        self._metrics = MetricCollection(metrics, compute_groups=True).to(fabric.device)
         register_releasable(self.release)
 
     def release(self) -> None:
         """Free what is rebuilt on demand: gradients, optimizer state, metric states (called between clients)."""
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer.state.clear()  # `fit` clears it per client anyway
-        for m in self._metrics.values():
-            m.reset()
+        self._metrics.reset()
 
     def global_params(self) -> Params:
         """A detached copy of the model's current weights and buffers."""
@@ -135,20 +143,19 @@ class ClientTrainer:
 
     @torch.inference_mode()
     def evaluate(self, params: Params, x: Tensor, y: Tensor) -> dict[str, float]:
-        """Accuracy, mean loss and macro-F1 of ``params`` on ``(x, y)``."""
+        """Accuracy, mean loss, macro-F1, macro precision and macro recall of ``params`` on ``(x, y)``."""
         self.load(params)
         self.model.module.eval()
-        for m in self._metrics.values():
-            m.reset()
+        self._metrics.reset()
         loss_sum = torch.zeros((), device=self.fabric.device)
         for start in range(0, len(y), self.settings.eval_batch_size):
             xb, yb = x[start : start + self.settings.eval_batch_size], y[start : start + self.settings.eval_batch_size]
             logits = self.model(xb).float()
             loss_sum += F.cross_entropy(logits, yb, reduction="sum")
-            for m in self._metrics.values():
-                m.update(logits, yb)
-        values = torch.stack([loss_sum / max(len(y), 1), *(m.compute() for m in self._metrics.values())]).tolist()
-        return {"eval/loss": values[0], "eval/acc": values[1], "eval/f1": values[2]}
+            self._metrics.update(logits, yb)
+        computed = self._metrics.compute()
+        values = torch.stack([loss_sum / max(len(y), 1), *computed.values()]).tolist()
+        return {"eval/loss": values[0], **{f"eval/{k}": v for k, v in zip(computed, values[1:], strict=True)}}
 
     @torch.inference_mode()
     def losses(self, params: Params, clients: Sequence[ClientData], batch_size: int | None = None) -> np.ndarray:

@@ -4,6 +4,7 @@ The Lightning adapters live in `csfl_fabric.callbacks.lightning` (not imported h
 """
 
 from csfl_fabric.callbacks.base import HOOKS, Callback
+from csfl_fabric.callbacks.checkpoint import Checkpoint
 from csfl_fabric.callbacks.memory import (
     EmptyCudaCache,
     GarbageCollect,
@@ -19,6 +20,7 @@ from csfl_fabric.callbacks.memory import (
 __all__ = [
     "HOOKS",
     "Callback",
+    "Checkpoint",
     "EmptyCudaCache",
     "GarbageCollect",
     "MemoryMonitor",
