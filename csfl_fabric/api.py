@@ -15,13 +15,18 @@ from csfl_fabric.state import Params
 
 @dataclass
 class RunResult:
-    """What a finished run leaves: its directory, per-round metrics, summary and final global params."""
+    """What a finished run leaves: its directory, per-round metrics, summary and final global params.
+
+    In a distributed run every process gets one; ``metrics`` are read back on global rank 0 only (the
+    process that wrote them) and are empty elsewhere, while ``params`` and ``summary`` are the same everywhere.
+    """
 
     run_dir: Path
     config: Config
     metrics: list[dict[str, float]]
     summary: dict[str, Any]
     params: Params
+    global_rank: int = 0
 
 
 def run(
@@ -45,9 +50,12 @@ def run(
     """
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     built = build_run(cfg, run_dir=run_dir, callbacks=callbacks)
+    writes = built.orchestrator.writes_files
     # Only now, with every object built, does anything touch the disk: bad input leaves no half-written run.
-    built.run_dir.mkdir(parents=True, exist_ok=True)
-    (built.run_dir / "config.yaml").write_text(to_yaml(cfg))
+    if writes:
+        built.run_dir.mkdir(parents=True, exist_ok=True)
+        (built.run_dir / "config.yaml").write_text(to_yaml(cfg))
     built.orchestrator.run()
-    return RunResult(run_dir=built.run_dir, config=cfg, metrics=read_metrics(built.run_dir),
-                     summary=dict(built.orchestrator.summary), params=built.orchestrator.global_params)
+    return RunResult(run_dir=built.run_dir, config=cfg, metrics=read_metrics(built.run_dir) if writes else [],
+                     summary=dict(built.orchestrator.summary), params=built.orchestrator.global_params,
+                     global_rank=built.fabric.global_rank)

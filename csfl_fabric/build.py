@@ -16,6 +16,7 @@ from csfl_fabric.callbacks.progress import RichProgress
 from csfl_fabric.config import Config, to_dict
 from csfl_fabric.data.datasets import FederatedDataset
 from csfl_fabric.data.store import ClientStore
+from csfl_fabric.distributed import fabric_strategy, launch
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.loggers import CSVMetricsLogger, WandbLogger
 from csfl_fabric.orchestrator import Orchestrator, RoundSettings
@@ -62,9 +63,10 @@ class Run:
 
 
 def build_fabric(config: Config, callbacks: Sequence[Any] = (), loggers: Sequence[Any] = ()) -> Fabric:
-    """The run's Fabric from the `fabric:` section."""
+    """The run's Fabric from the `fabric:` section (not launched yet)."""
     f = config.fabric
-    return Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes, strategy=f.strategy,
+    strategy = fabric_strategy(f.strategy, f.devices, f.num_nodes, f.timeout_s)
+    return Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes, strategy=strategy,
                   precision=f.precision, callbacks=list(callbacks), loggers=list(loggers))  # type: ignore[arg-type]
 
 
@@ -90,7 +92,6 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
         run_dir: where the run writes; default ``runs/<experiment>/<selector>-seed<k>/`` (made unique).
         callbacks: extra callbacks, called after the built-in ones.
     """
-    torch.set_num_threads(config.train.num_threads)
     run_dir = Path(run_dir) if run_dir is not None else fresh_run_dir(config)
     dataset, parts = build_dataset(config)
 
@@ -103,7 +104,12 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
                         name=run_dir.name, group=config.experiment, job_type=config.selector.name)
     if wandb.mode != "disabled":
         loggers.append(wandb)
+    # Loggers and the progress bar act on global rank 0 only, so every rank may build them.
     fabric = build_fabric(config, all_callbacks, loggers)
+    launch(fabric)
+    torch.set_num_threads(config.train.num_threads)  # after launch, which sets its own thread count
+    # Rank 0's run directory for all: another rank may have looked after rank 0 created it and picked a new name.
+    run_dir = Path(fabric.broadcast(str(run_dir), src=0))
 
     store = ClientStore(dataset.x_train, dataset.y_train, parts, seed=config.seed, device=fabric.device)
     # The initial model depends on the seed only, so every method of a comparison starts from the same weights.

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from csfl_fabric.errors import USER_ERRORS
+from csfl_fabric.errors import USER_ERRORS, RankFailureError
 from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS, Registry
 
 REGISTRIES: dict[str, Registry] = {
@@ -39,6 +39,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     from csfl_fabric.api import run
 
     result = run(args.config, args.overrides)
+    if result.global_rank != 0:
+        return 0  # rank 0 reports for the whole distributed run
     table = Table(title=f"{result.config.experiment}: {result.run_dir.name}", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -80,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A user mistake: one line, exit code 2, no traceback.
         print(f"csfl-fabric: error: {e}", file=sys.stderr)
         return 2
+    except RankFailureError as e:
+        # Another process of a distributed run failed: say so in one line; that process printed the cause.
+        print(f"csfl-fabric: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("csfl-fabric: interrupted", file=sys.stderr)
         return 130

@@ -112,13 +112,14 @@ class LoggingConfig:
 
 @dataclass
 class FabricConfig:
-    """Arguments passed to `lightning.fabric.Fabric`."""
+    """Arguments passed to `lightning.fabric.Fabric`; ``timeout_s`` bounds every collective of a distributed run."""
 
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
+    timeout_s: float = 300.0
 
 
 @dataclass
@@ -152,6 +153,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("sgd", "adam"),
     "train.backend": ("sequential", "cohort"),
     "logging.wandb": ("offline", "online", "disabled"),
+    "fabric.strategy": ("auto", "ddp"),
     "fabric.precision": ("32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"),
 }
 
@@ -326,6 +328,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"Expected `{key}` to be >= 0 but got {value}.")
     if c.train.clip_grad_norm is not None and c.train.clip_grad_norm <= 0:
         raise ConfigError(f"Expected `train.clip_grad_norm` to be > 0 or null but got {c.train.clip_grad_norm}.")
+    if not c.fabric.timeout_s > 0:
+        raise ConfigError(f"Expected `fabric.timeout_s` to be > 0 seconds but got {c.fabric.timeout_s}.")
     if not 0 < c.memory.ram_threshold <= 1:
         raise ConfigError(f"Expected `memory.ram_threshold` to be in (0, 1] but got {c.memory.ram_threshold}.")
     if c.rounds.target_accuracy is not None and not 0 < c.rounds.target_accuracy <= 1:

@@ -21,3 +21,7 @@ class InvalidParamsError(TypeError):
 
 #: What the CLI turns into a one-line message and exit code 2 instead of a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, UnknownNameError, InvalidParamsError)
+
+
+class RankFailureError(RuntimeError):
+    """Another process of a distributed run failed, was killed or timed out; the CLI exits with code 1."""

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from csfl_fabric.aggregation import Aggregator
 from csfl_fabric.data.store import ClientStore
+from csfl_fabric.distributed import Ranks
 from csfl_fabric.loggers import write_json
 from csfl_fabric.selection.base import ClientSelector, check_selection
 from csfl_fabric.state import ClientHistory, ClientResult, Feedback, Params, RunState, Selection, SelectionContext
@@ -64,6 +65,7 @@ class Orchestrator:
         self.rounds = rounds
         self.selection_rng = selection_rng
         self.run_dir = run_dir
+        self.ranks = Ranks(fabric)
         self.state = RunState(num_rounds=rounds.num_rounds, history=ClientHistory(store.num_samples))
         self.summary: dict[str, Any] = {}
 
@@ -77,16 +79,22 @@ class Orchestrator:
             while state.round < self.rounds.num_rounds and not state.should_stop:
                 self._round(state)
                 state.round += 1
+                self.ranks.sync_stop(state)
             status = "success"
         finally:
             self.fabric.call("on_run_end", state=state, orchestrator=self)
             self.summary.update(rounds_completed=state.round, stop_reason=state.stop_reason, status=status,
                                 wall_seconds=time.perf_counter() - started, selector=self.selector_key)
-            if self.run_dir is not None and self.fabric.global_rank == 0:
+            if self.writes_files:
                 write_json(self.run_dir / "summary.json", self.summary)
             for logger in self.fabric.loggers:
                 logger.finalize(status)
         return state
+
+    @property
+    def writes_files(self) -> bool:
+        """True in the one process that writes the run directory (global rank 0), if there is a directory."""
+        return self.run_dir is not None and self.fabric.global_rank == 0
 
     def _round(self, state: RunState) -> None:
         r = state.round
@@ -124,16 +132,19 @@ class Orchestrator:
     def _train(self, selection: Selection, r: int) -> list[ClientResult]:
         state = self.state
         self.aggregator.reset(self.global_params)
-        results: list[ClientResult] = []
-        for i, client_id in enumerate(selection.ids.tolist()):
+        results: dict[int, ClientResult] = {}
+        # This rank's share of the cohort (all of it in one process), as positions in the selection.
+        for i in self.ranks.share(selection, self.store.num_samples):
+            client_id = int(selection.ids[i])
             self.fabric.call("on_client_start", state=state, client_id=client_id)
             params, result = self.trainer.fit(self.global_params, self.store.client(client_id, r))
             weight = float(selection.weights[i]) if selection.weights is not None else float(result.num_samples)
             self.aggregator.update(params, weight)
             del params  # views of the reused model: only the running sum survives the client
-            results.append(result)
+            results[i] = result
             self.fabric.call("on_client_end", state=state, client_id=client_id, result=result)
-        return results
+        # Sum the ranks' running sums; every rank gets every client's result, in selection order.
+        return self.ranks.combine(self.aggregator, results, selection, r)
 
     def _context(self, r: int) -> SelectionContext:
         return SelectionContext(

@@ -67,7 +67,10 @@ class ClientTrainer:
         self._tensors = [t for t in state.values()]
         self._params = [p for p in self.model.parameters()]
         self._param_keys = [k for k, t in state.items() if isinstance(t, nn.Parameter)]
-        metrics = {"acc": MulticlassAccuracy(num_classes), "f1": MulticlassF1Score(num_classes, average="macro")}
+        # Every rank evaluates the whole test set itself: torchmetrics must not add up the ranks' states.
+        local = {"sync_on_compute": False}
+        metrics = {"acc": MulticlassAccuracy(num_classes, **local),
+                   "f1": MulticlassF1Score(num_classes, average="macro", **local)}
         self._metrics = {k: m.to(fabric.device) for k, m in metrics.items()}
 
     def global_params(self) -> Params:

@@ -1,0 +1,65 @@
+"""A run under Fabric's own process launcher, for tests/test_distributed.py (not a test itself).
+
+    python tests/distributed_run.py OUT [--fail-rank R --fail-how kill|raise|hang] key=value ...
+
+Fabric starts the other ranks by running this same command again. Every rank saves what the test
+compares (its selections, final params and what `run` returned) to ``OUT/rank<k>.pt``; that is the
+test's record, outside the run directory. With ``--fail-rank`` that rank fails at the start of round 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from csfl_fabric import run
+from csfl_fabric.config import load_config
+
+
+class FailingRecorder:
+    """Records the selections; on ``fail_rank`` kills the process, raises or hangs at the start of round 1."""
+
+    def __init__(self, fail_rank: int | None, fail_how: str, hang_s: float) -> None:
+        self.fail_rank, self.fail_how, self.hang_s = fail_rank, fail_how, hang_s
+        self.rank = -1
+        self.selections: list[list[int]] = []
+
+    def on_run_start(self, state: Any, orchestrator: Any) -> None:
+        self.rank = orchestrator.fabric.global_rank
+
+    def on_round_start(self, state: Any) -> None:
+        if state.round != 1 or self.rank != self.fail_rank:
+            return
+        if self.fail_how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.fail_how == "raise":
+            raise RuntimeError(f"injected failure on rank {self.rank}")
+        time.sleep(self.hang_s)  # "hang": longer than fabric.timeout_s, then go on into a dead process group
+
+    def on_selection(self, state: Any, selection: Any) -> None:
+        self.selections.append(selection.ids.tolist())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--fail-rank", type=int, default=None)
+    parser.add_argument("--fail-how", choices=("kill", "raise", "hang"), default="kill")
+    args, overrides = parser.parse_known_args()
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml", overrides)
+    recorder = FailingRecorder(args.fail_rank, args.fail_how, hang_s=3 * config.fabric.timeout_s)
+    result = run(config, callbacks=[recorder])
+    torch.save({"selections": recorder.selections, "params": result.params, "num_metrics": len(result.metrics),
+                "run_dir": str(result.run_dir), "summary": result.summary},
+               args.out / f"rank{result.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
