@@ -50,7 +50,7 @@ def run(
     """
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     built = build_run(cfg, run_dir=run_dir, callbacks=callbacks)
-    writes = built.orchestrator.writes_files
+    writes = built.orchestrator.is_writer
     # Only now, with every object built, does anything touch the disk: bad input leaves no half-written run.
     if writes:
         built.run_dir.mkdir(parents=True, exist_ok=True)

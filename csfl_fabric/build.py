@@ -65,7 +65,7 @@ class Run:
 def build_fabric(config: Config, callbacks: Sequence[Any] = (), loggers: Sequence[Any] = ()) -> Fabric:
     """The run's Fabric from the `fabric:` section (not launched yet)."""
     f = config.fabric
-    strategy = fabric_strategy(f.strategy, f.devices, f.num_nodes, f.timeout_s)
+    strategy = fabric_strategy(f.strategy, f.devices, f.num_nodes, f.timeout_s, f.startup_timeout_s)
     return Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes, strategy=strategy,
                   precision=f.precision, callbacks=list(callbacks), loggers=list(loggers))  # type: ignore[arg-type]
 
@@ -108,8 +108,6 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
     fabric = build_fabric(config, all_callbacks, loggers)
     launch(fabric)
     torch.set_num_threads(config.train.num_threads)  # after launch, which sets its own thread count
-    # Rank 0's run directory for all: another rank may have looked after rank 0 created it and picked a new name.
-    run_dir = Path(fabric.broadcast(str(run_dir), src=0))
 
     store = ClientStore(dataset.x_train, dataset.y_train, parts, seed=config.seed, device=fabric.device)
     # The initial model depends on the seed only, so every method of a comparison starts from the same weights.
@@ -121,6 +119,10 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
                              optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay, mu=t.mu,
                              clip_grad_norm=t.clip_grad_norm, eval_batch_size=t.eval_batch_size)
     trainer = ClientTrainer(fabric, model, settings, dataset.num_classes)
+    # Rank 0's run directory for all (another rank may have looked after rank 0 made it, and picked a new name).
+    # The broadcast also waits, up to fabric.startup_timeout_s, until every rank is set up: the rounds' short
+    # fabric.timeout_s never has to cover a slow start.
+    run_dir = Path(fabric.broadcast(str(run_dir), src=0))
     r = config.rounds
     orchestrator = Orchestrator(
         fabric=fabric,

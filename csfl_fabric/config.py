@@ -112,7 +112,7 @@ class LoggingConfig:
 
 @dataclass
 class FabricConfig:
-    """Arguments passed to `lightning.fabric.Fabric`; ``timeout_s`` bounds every collective of a distributed run."""
+    """Arguments passed to `lightning.fabric.Fabric`, and the timeouts of a distributed run (`FederatedDDPStrategy`)."""
 
     accelerator: str = "auto"
     devices: int = 1
@@ -120,6 +120,7 @@ class FabricConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     timeout_s: float = 300.0
+    startup_timeout_s: float = 600.0
 
 
 @dataclass
@@ -328,8 +329,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"Expected `{key}` to be >= 0 but got {value}.")
     if c.train.clip_grad_norm is not None and c.train.clip_grad_norm <= 0:
         raise ConfigError(f"Expected `train.clip_grad_norm` to be > 0 or null but got {c.train.clip_grad_norm}.")
-    if not c.fabric.timeout_s > 0:
-        raise ConfigError(f"Expected `fabric.timeout_s` to be > 0 seconds but got {c.fabric.timeout_s}.")
+    for key, value in (("fabric.timeout_s", c.fabric.timeout_s), ("fabric.startup_timeout_s",
+                                                                  c.fabric.startup_timeout_s)):
+        if not value > 0:
+            raise ConfigError(f"Expected `{key}` to be > 0 seconds but got {value}.")
     if not 0 < c.memory.ram_threshold <= 1:
         raise ConfigError(f"Expected `memory.ram_threshold` to be in (0, 1] but got {c.memory.ram_threshold}.")
     if c.rounds.target_accuracy is not None and not 0 < c.rounds.target_accuracy <= 1:

@@ -22,13 +22,13 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
 from lightning.fabric import Fabric
 from lightning.fabric.strategies import DDPStrategy
-from torch import nn
+from torch import Tensor, nn
 from typing_extensions import override
 
 from csfl_fabric.aggregation import Aggregator
@@ -41,26 +41,40 @@ T = TypeVar("T")
 class FederatedDDPStrategy(DDPStrategy):
     """Fabric's DDP strategy without the DDP wrapper: processes and collectives, but independent models.
 
+    Two timeouts, because starting takes much longer than a round's wait should: the process group
+    (rendezvous, the first broadcast) waits ``startup_timeout_s`` for every process to start (imports,
+    data loading); the round's collectives run on `round_group`, which fails after ``timeout_s``, so that
+    a rank that died or hangs stops the others instead of blocking them forever.
+
     Args:
-        timeout_s: seconds a collective waits for the other ranks before it fails (the process group's
-            timeout), so that a rank that died or hangs stops the others instead of blocking them forever.
+        timeout_s: seconds a round's collective waits for the other ranks.
+        startup_timeout_s: seconds the processes wait for each other to start.
         **kwargs: passed to `lightning.fabric.strategies.DDPStrategy`.
     """
 
-    def __init__(self, timeout_s: float = 300.0, **kwargs: Any) -> None:
-        super().__init__(timeout=timedelta(seconds=timeout_s), **kwargs)
+    def __init__(self, timeout_s: float = 300.0, startup_timeout_s: float = 600.0, **kwargs: Any) -> None:
+        super().__init__(timeout=timedelta(seconds=startup_timeout_s), **kwargs)
         self.timeout_s = timeout_s
+        self.round_group: Any = None
 
     @override
-    def setup_module(self, module: nn.Module) -> nn.Module:
+    def setup_environment(self) -> None:
+        """Join the process group, then make the group with the short timeout for the rounds."""
+        super().setup_environment()
+        self.round_group = torch.distributed.new_group(timeout=timedelta(seconds=self.timeout_s))
+
+    @override
+    def setup_module(self, module: nn.Module) -> nn.Module:  # type: ignore[override]  # not a DDP, on purpose
         """Leave the module as it is (Fabric has moved it to this rank's device): no gradient all-reduce."""
         return module
 
 
-def fabric_strategy(strategy: str, devices: int, num_nodes: int, timeout_s: float) -> str | FederatedDDPStrategy:
+def fabric_strategy(
+    strategy: str, devices: int, num_nodes: int, timeout_s: float, startup_timeout_s: float
+) -> str | FederatedDDPStrategy:
     """What to pass as Fabric's ``strategy``: `FederatedDDPStrategy` for ``ddp`` or for several processes."""
     if strategy == "ddp" or (strategy == "auto" and devices * num_nodes > 1):
-        return FederatedDDPStrategy(timeout_s=timeout_s)
+        return FederatedDDPStrategy(timeout_s=timeout_s, startup_timeout_s=startup_timeout_s)
     return strategy
 
 
@@ -107,6 +121,7 @@ class Ranks:
         self.world_size = fabric.world_size
         self.rank = fabric.global_rank
         self.timeout_s: float | None = getattr(fabric.strategy, "timeout_s", None)
+        self.group = getattr(fabric.strategy, "round_group", None)  # None: the default group
 
     def share(self, selection: Selection, num_samples: np.ndarray) -> list[int]:
         """Positions in ``selection.ids`` that this rank trains (all of them in a single process)."""
@@ -129,12 +144,11 @@ class Ranks:
         """
         if self.world_size == 1:
             return [results[i] for i in range(len(selection.ids))]
-        aggregator.reduce(lambda t: self._collective("all-reduce of the client sums", round_idx,
-                                                     lambda: self.fabric.all_reduce(t, reduce_op="sum")))
+        aggregator.reduce(lambda t: self._all_reduce(t, "sum", "all-reduce of the client sums", round_idx))
         gathered: list[Any] = [None] * self.world_size
         digest = hashlib.sha1(np.ascontiguousarray(selection.ids).tobytes()).hexdigest()
         self._collective("gather of the client results", round_idx,
-                         lambda: torch.distributed.all_gather_object(gathered, (digest, results)))
+                         lambda: torch.distributed.all_gather_object(gathered, (digest, results), self.group))
         digests = [d for d, _ in gathered]
         if len(set(digests)) > 1:
             raise RankFailureError(
@@ -149,9 +163,13 @@ class Ranks:
         if self.world_size == 1:
             return
         flag = torch.tensor(float(state.should_stop), device=self.fabric.device)
-        stop = self._collective("stop vote", state.round - 1, lambda: self.fabric.all_reduce(flag, reduce_op="max"))
+        stop = self._all_reduce(flag, "max", "stop vote", state.round - 1)
         if bool(stop) and not state.should_stop:
             state.should_stop, state.stop_reason = True, "stop requested on another rank"
+
+    def _all_reduce(self, tensor: Tensor, op: str, what: str, round_idx: int) -> Tensor:
+        # fabric.all_reduce works in place on a tensor (and returns it): the input is overwritten.
+        return cast(Tensor, self._collective(what, round_idx, lambda: self.fabric.all_reduce(tensor, self.group, op)))
 
     def _collective(self, what: str, round_idx: int, fn: Callable[[], T]) -> T:
         try:

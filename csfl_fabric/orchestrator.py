@@ -85,16 +85,16 @@ class Orchestrator:
             self.fabric.call("on_run_end", state=state, orchestrator=self)
             self.summary.update(rounds_completed=state.round, stop_reason=state.stop_reason, status=status,
                                 wall_seconds=time.perf_counter() - started, selector=self.selector_key)
-            if self.writes_files:
+            if self.run_dir is not None and self.is_writer:
                 write_json(self.run_dir / "summary.json", self.summary)
             for logger in self.fabric.loggers:
                 logger.finalize(status)
         return state
 
     @property
-    def writes_files(self) -> bool:
-        """True in the one process that writes the run directory (global rank 0), if there is a directory."""
-        return self.run_dir is not None and self.fabric.global_rank == 0
+    def is_writer(self) -> bool:
+        """True in the one process that writes the run directory, checkpoints included: global rank 0."""
+        return self.fabric.global_rank == 0
 
     def _round(self, state: RunState) -> None:
         r = state.round

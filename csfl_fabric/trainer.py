@@ -68,9 +68,8 @@ class ClientTrainer:
         self._params = [p for p in self.model.parameters()]
         self._param_keys = [k for k, t in state.items() if isinstance(t, nn.Parameter)]
         # Every rank evaluates the whole test set itself: torchmetrics must not add up the ranks' states.
-        local = {"sync_on_compute": False}
-        metrics = {"acc": MulticlassAccuracy(num_classes, **local),
-                   "f1": MulticlassF1Score(num_classes, average="macro", **local)}
+        metrics = {"acc": MulticlassAccuracy(num_classes, sync_on_compute=False),
+                   "f1": MulticlassF1Score(num_classes, average="macro", sync_on_compute=False)}
         self._metrics = {k: m.to(fabric.device) for k, m in metrics.items()}
 
     def global_params(self) -> Params:

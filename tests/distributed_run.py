@@ -26,8 +26,8 @@ from csfl_fabric.config import load_config
 class FailingRecorder:
     """Records the selections; on ``fail_rank`` kills the process, raises or hangs at the start of round 1."""
 
-    def __init__(self, fail_rank: int | None, fail_how: str, hang_s: float) -> None:
-        self.fail_rank, self.fail_how, self.hang_s = fail_rank, fail_how, hang_s
+    def __init__(self, out: Path, fail_rank: int | None, fail_how: str, hang_s: float) -> None:
+        self.out, self.fail_rank, self.fail_how, self.hang_s = out, fail_rank, fail_how, hang_s
         self.rank = -1
         self.selections: list[list[int]] = []
 
@@ -38,10 +38,11 @@ class FailingRecorder:
         if state.round != 1 or self.rank != self.fail_rank:
             return
         if self.fail_how == "kill":
+            (self.out / "killed_at").write_text(repr(time.time()))
             os.kill(os.getpid(), signal.SIGKILL)
         if self.fail_how == "raise":
             raise RuntimeError(f"injected failure on rank {self.rank}")
-        time.sleep(self.hang_s)  # "hang": longer than fabric.timeout_s, then go on into a dead process group
+        time.sleep(self.hang_s)  # "hang": past fabric.timeout_s, then go on into a dead process group
 
     def on_selection(self, state: Any, selection: Any) -> None:
         self.selections.append(selection.ids.tolist())
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument("--fail-how", choices=("kill", "raise", "hang"), default="kill")
     args, overrides = parser.parse_known_args()
     config = load_config(Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml", overrides)
-    recorder = FailingRecorder(args.fail_rank, args.fail_how, hang_s=3 * config.fabric.timeout_s)
+    recorder = FailingRecorder(args.out, args.fail_rank, args.fail_how, hang_s=2 * config.fabric.timeout_s)
     result = run(config, callbacks=[recorder])
     torch.save({"selections": recorder.selections, "params": result.params, "num_metrics": len(result.metrics),
                 "run_dir": str(result.run_dir), "summary": result.summary},
