@@ -82,14 +82,15 @@ def test_cli_reports_a_failed_rank_in_one_line(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_two_processes_match_one_process(tmp_path: Path) -> None:
-    # Prepare: the same config in one process (here) and in two (gloo), W&B offline in the latter.
-    recorder = FailingRecorder(tmp_path, None, "kill", 0.0)
+    # Prepare: the same config in one process (here) and in two (gloo), W&B offline in the latter. Of the 3 rounds
+    # only 2 run: the last rank asks to stop after round 1 (in two processes rank 1, and rank 0 must follow).
+    recorder = FailingRecorder(tmp_path, stop_round=1)
     single = run(SMOKE, [*OVERRIDES, f"logging.dir={tmp_path / 'single'}"], callbacks=[recorder])
     out = tmp_path / "two"
     out.mkdir()
 
     # Execute
-    proc = _launch(out, wandb="offline")
+    proc = _launch(out, "--stop-round", "1", wandb="offline")
     output, _ = proc.communicate(timeout=300)
 
     # Assert: identical selections, final params within 1e-5 (summation order differs), the same on both ranks.
@@ -99,7 +100,7 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
         assert rank["selections"] == recorder.selections
         for key, value in single.params.items():
             torch.testing.assert_close(rank["params"][key], value, atol=1e-5, rtol=0)
-        assert rank["summary"]["rounds_completed"] == 3
+        assert rank["summary"]["rounds_completed"] == single.summary["rounds_completed"] == 2
     for key in single.params:
         assert torch.equal(ranks[0]["params"][key], ranks[1]["params"][key])
     # Only rank 0 wrote the run: one run directory, one row per round, one W&B run; rank 1 read nothing back.
@@ -107,9 +108,10 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
     assert [p.name for p in runs] == [Path(ranks[0]["run_dir"]).name]
     assert ranks[1]["run_dir"] == ranks[0]["run_dir"]
     assert {p.name for p in runs[0].iterdir()} == {"config.yaml", "metrics.csv", "timing.csv", "summary.json", "wandb"}
-    assert len((runs[0] / "metrics.csv").read_text().splitlines()) == 1 + 3
+    assert len((runs[0] / "metrics.csv").read_text().splitlines()) == 1 + 2
     assert len(list((runs[0] / "wandb").glob("offline-run-*"))) == 1
-    assert (ranks[0]["num_metrics"], ranks[1]["num_metrics"]) == (3, 0)
+    assert (ranks[0]["num_metrics"], ranks[1]["num_metrics"]) == (2, 0)
+    assert [r["summary"]["stop_reason"] for r in ranks] == ["stop requested on another rank", "asked on rank 1"]
 
 
 @pytest.mark.parametrize("how", ["kill", "hang"])
