@@ -83,6 +83,29 @@ class AggregatorConfig:
 
 
 @dataclass
+class SystemsConfig:
+    """Simulated client systems and the round clock (README "System heterogeneity and the simulated clock").
+
+    Speeds (samples/s) and bandwidths (bytes/s, both directions) are lognormal, ``median * exp(sigma * N(0, 1))``,
+    unless ``profiles`` names a CSV with columns ``client_id,speed,bandwidth``.
+    """
+
+    profiles: str | None = None
+    speed_median: float = 100.0
+    speed_sigma: float = 0.5
+    bandwidth_median: float = 1.25e6
+    bandwidth_sigma: float = 0.8
+    availability: str = "always"
+    availability_p: float = 0.8
+    trace: str | None = None
+    trace_unit: str = "round"
+    dropout: float = 0.0
+    deadline: float | None = None
+    deadline_policy: str = "drop"
+    overcommit: float = 1.0
+
+
+@dataclass
 class MemoryConfig:
     """Memory policies run as callbacks (0 turns one off)."""
 
@@ -134,6 +157,7 @@ class Config:
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     selector: SelectorConfig = field(default_factory=SelectorConfig)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    systems: SystemsConfig = field(default_factory=SystemsConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -155,6 +179,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.backend": ("sequential", "cohort"),
     "logging.wandb": ("offline", "online", "disabled"),
     "fabric.strategy": ("auto", "ddp"),
+    "systems.availability": ("always", "bernoulli", "trace"),
+    "systems.trace_unit": ("round", "second"),
+    "systems.deadline_policy": ("drop", "wait"),
     "fabric.precision": ("32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"),
 }
 
@@ -337,6 +364,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"Expected `memory.ram_threshold` to be in (0, 1] but got {c.memory.ram_threshold}.")
     if c.rounds.target_accuracy is not None and not 0 < c.rounds.target_accuracy <= 1:
         raise ConfigError(f"Expected `rounds.target_accuracy` to be in (0, 1] but got {c.rounds.target_accuracy}.")
+    _validate_systems(c.systems)
     for key, choices in CHOICES.items():
         section, _, leaf = key.partition(".")
         value = getattr(getattr(c, section), leaf)
@@ -350,6 +378,26 @@ def validate(config: Config) -> None:
     _check_component("selector", "name", SELECTORS, c.selector.name, c.selector.params)
     _check_component("aggregator", "name", AGGREGATORS, c.aggregator.name, c.aggregator.params)
     _check_component("train", "model", MODELS, c.train.model, c.train.model_params, params_key="model_params")
+
+
+def _validate_systems(s: SystemsConfig) -> None:
+    for key in ("speed_median", "bandwidth_median"):
+        if not getattr(s, key) > 0:
+            raise ConfigError(f"Expected `systems.{key}` to be > 0 but got {getattr(s, key)}.")
+    for key in ("speed_sigma", "bandwidth_sigma"):
+        if not getattr(s, key) >= 0:
+            raise ConfigError(f"Expected `systems.{key}` to be >= 0 but got {getattr(s, key)}.")
+    if not 0 < s.availability_p <= 1:
+        raise ConfigError(f"Expected `systems.availability_p` to be in (0, 1] but got {s.availability_p}.")
+    if s.availability == "trace" and not s.trace:
+        raise ConfigError("`systems.availability` is `trace` but `systems.trace` is not set: give the path of a "
+                          "trace CSV (client_id,start,end) or use `always` / `bernoulli`.")
+    if not 0 <= s.dropout < 1:
+        raise ConfigError(f"Expected `systems.dropout` to be in [0, 1) but got {s.dropout}.")
+    if s.deadline is not None and not s.deadline > 0:
+        raise ConfigError(f"Expected `systems.deadline` to be > 0 seconds or null but got {s.deadline}.")
+    if not s.overcommit >= 1:
+        raise ConfigError(f"Expected `systems.overcommit` to be >= 1 (e.g. 1.3 as in Oort) but got {s.overcommit}.")
 
 
 def _at_least(key: str, value: int, low: int) -> None:

@@ -85,7 +85,8 @@ class SelectionContext:
         history: per-client history (last loss, times selected, last round seen).
         rng: the selection stream's seeded generator; selectors draw from it only.
         probe: returns the current loss of the global model on each given client (its cost is counted).
-        profiles: per-client system profiles (speeds, bandwidths) when simulated, else None.
+        profiles: per-client system profiles (`csfl_fabric.data.systems.SystemProfiles`: speeds, bandwidths,
+            expected compute and transfer seconds, the deadline), or None.
     """
 
     round: int
@@ -117,11 +118,22 @@ class Selection:
 
 @dataclass(frozen=True)
 class Feedback:
-    """What a selector learns after a round: the selection and what the trained clients reported."""
+    """What a selector learns after a round: the selection and what the trained clients reported.
+
+    Attributes:
+        round: the round index.
+        selection: what the selector returned.
+        results: reports of the clients that completed (in training order).
+        durations: simulated seconds of each selected client, aligned with ``selection.ids`` (also for the
+            clients that did not report: what they would have taken), or None without a system model.
+        dropped: ids of selected clients that did not report (dropouts, deadline misses, over-commitment cuts).
+    """
 
     round: int
     selection: Selection
     results: Sequence[ClientResult]
+    durations: np.ndarray | None = None
+    dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass
