@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--stop-round", type=int, default=None)
     args, overrides = parser.parse_known_args()
     config = load_config(Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml", overrides)
-    recorder = FailingRecorder(args.out, args.fail_rank, args.fail_how, hang_s=2 * config.fabric.timeout_s,
+    recorder = FailingRecorder(args.out, args.fail_rank, args.fail_how, hang_s=3 * config.fabric.timeout_s,
                                stop_round=args.stop_round)
     result = run(config, callbacks=[recorder])
     torch.save({"selections": recorder.selections, "params": result.params, "num_metrics": len(result.metrics),

@@ -118,24 +118,32 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
     assert [r["summary"]["stop_reason"] for r in ranks] == ["stop requested on another rank", "asked on rank 1"]
 
 
-@pytest.mark.parametrize("how", ["kill", "hang"])
-def test_a_failed_rank_stops_the_other_with_an_error(tmp_path: Path, how: str) -> None:
-    # Rank 1 is killed (SIGKILL) or hangs for 2 x timeout_s at the start of round 1; rank 0 waits in round 1's
-    # all-reduce, and must fail with a message instead of waiting forever.
-    timeout_s = 3.0
-    proc = _launch(tmp_path, "--fail-rank", "1", "--fail-how", how, f"fabric.timeout_s={timeout_s}")
-    output, _ = proc.communicate(timeout=300)  # returns when both processes have exited
+def test_a_killed_rank_stops_the_other_with_an_error(tmp_path: Path) -> None:
+    # Rank 0 (which also hosts the rendezvous) is killed with SIGKILL at the start of round 1. Rank 1 meets the dead
+    # peer in round 1's all-reduce and must fail at once with a message. (Killing rank 1 instead would race the
+    # launcher's watchdog in rank 0, which SIGKILLs rank 0 too when a child dies, every 5 s.)
+    proc = _launch(tmp_path, "--fail-rank", "0", "--fail-how", "kill")
+    output, _ = proc.communicate(timeout=300)  # returns when rank 1, which holds the pipe too, has exited
     ended = time.time()
 
-    assert proc.returncode != 0
+    assert proc.returncode == -9
+    assert "RankFailureError: Rank 1: the all-reduce of the client sums in round 1 failed" in output
+    assert not list(tmp_path.glob("rank*.pt"))
+    # Bounded: a dead peer is noticed at once (a generous bound for this shared 2-core machine).
+    assert ended - float((tmp_path / "killed_at").read_text()) < 30
+
+
+def test_a_hung_rank_makes_the_other_time_out(tmp_path: Path) -> None:
+    # Rank 1 hangs for 3 x timeout_s at the start of round 1: rank 0 gives up on round 1's all-reduce after
+    # fabric.timeout_s, and rank 1, when it wakes up, finds rank 0 gone and fails too instead of waiting.
+    proc = _launch(tmp_path, "--fail-rank", "1", "--fail-how", "hang", "fabric.timeout_s=3")
+    output, _ = proc.communicate(timeout=300)
+
+    assert proc.returncode == 1
     assert "RankFailureError: Rank 0: the all-reduce of the client sums in round 1 failed" in output
-    assert not (tmp_path / "rank0.pt").exists()
+    assert "fabric.timeout_s=3.0 s" in output
+    assert "Timed out" in output
+    assert "RankFailureError: Rank 1: the all-reduce of the client sums in round 1 failed" in output
+    assert not list(tmp_path.glob("rank*.pt"))
     summary = next((tmp_path / "runs").rglob("summary.json")).read_text()
     assert '"status": "failed"' in summary
-    if how == "kill":
-        # Bounded: a dead peer is noticed at once (a generous bound on this shared 2-core machine).
-        assert ended - float((tmp_path / "killed_at").read_text()) < 30
-    else:
-        assert "Timed out" in output
-        # The hung rank, woken up, finds rank 0 gone and fails too, instead of waiting in the next collective.
-        assert "Rank 1: the all-reduce of the client sums in round 1 failed" in output
