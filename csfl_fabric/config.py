@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,10 +71,15 @@ class RoundsConfig:
 
 @dataclass
 class SelectorConfig:
-    """The client-selection method: a registry name and its params."""
+    """The client-selection method: a registry name and its params.
+
+    ``module`` is written ``import`` in YAML and overrides (``selector.import=my_selectors``): a Python module
+    imported before validation, so that the selector it registers can be named in ``name``.
+    """
 
     name: str = "heuristic.random"
     params: dict[str, Any] = field(default_factory=dict)
+    module: str | None = None
 
 
 @dataclass
@@ -202,14 +210,42 @@ def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides:
     cfg: DictConfig = OmegaConf.structured(Config)
     for layer in layers:
         _normalize_shorthand(layer)
+        _rename_import(layer)
         _drop_params_of_switched_components(cfg, layer)
         try:
             cfg = OmegaConf.merge(cfg, layer)  # type: ignore[assignment]
         except OmegaConfBaseException as e:
             raise _one_line(e) from None
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    import_plugin(config.selector.module)
     validate(config)
     return config
+
+
+def _rename_import(layer: dict[str, Any]) -> None:
+    # `import` is a Python keyword, so the dataclass field is `module`.
+    section = _section(layer, "selector")
+    if section is not None and "import" in section:
+        section["module"] = section.pop("import")
+
+
+def import_plugin(module: str | None) -> None:
+    """Import the user module named by ``selector.import`` (it registers its selectors on import).
+
+    Raises:
+        ConfigError: the module cannot be imported; the message says why and how to fix it.
+    """
+    if not module:
+        return
+    # The console script's sys.path starts at its bin/ folder, not the working directory users run from.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        importlib.import_module(module)
+    except Exception as e:  # any failure inside user code is reported as one line naming the key
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        raise ConfigError(f"Could not import `selector.import={module}` ({reason}): put the module on PYTHONPATH "
+                          "(e.g. run from its folder) and check that it imports.") from None
 
 
 def to_yaml(config: Config) -> str:
@@ -271,7 +307,7 @@ def _normalize_shorthand(layer: dict[str, Any]) -> None:
         section = _section(layer, path)
         if section is None:
             continue
-        extra = [k for k in section if k not in ("name", "params", "import")]
+        extra = [k for k in section if k not in ("name", "params", "import", "module")]
         if extra:
             params = section.setdefault("params", {}) or {}
             section["params"] = params

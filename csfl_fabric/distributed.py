@@ -10,7 +10,8 @@ meet once a round, in `Ranks`:
 1. every rank computes the same selection from the same seeded streams;
 2. `split_clients` hands each rank a share of the cohort balanced by sample count;
 3. each rank folds its clients into its aggregator's running sum; the sums are all-reduced;
-4. the clients' results are gathered to every rank in selection order (for the selector and history).
+4. the clients' results (and, for selectors that need them, their updates) are gathered to every rank in
+   selection order (for the selector and history).
 
 So every rank holds the same state after every round (global params, selector, history), evaluates
 the same model, and any rank could write the run directory; global rank 0 does.
@@ -130,7 +131,7 @@ class Ranks:
         return split_clients(num_samples[selection.ids].tolist(), self.world_size)[self.rank]
 
     def combine(self, aggregator: Aggregator, results: dict[int, ClientResult], selection: Selection,
-                round_idx: int) -> list[ClientResult]:
+                round_idx: int, updates: dict[int, Tensor] | None = None) -> list[ClientResult]:
         """Sum the ranks' running sums in ``aggregator``; return every client's result in selection order.
 
         Args:
@@ -138,6 +139,8 @@ class Ranks:
             results: this rank's results by position in the selection.
             selection: the round's selection (the same on every rank, which is checked).
             round_idx: the round, for error messages.
+            updates: this rank's client updates by client id, if the selector needs them; filled in place
+                with every rank's, in selection order.
 
         Raises:
             RankFailureError: another rank failed, was killed or timed out, or selected different clients.
@@ -148,15 +151,20 @@ class Ranks:
         gathered: list[Any] = [None] * self.world_size
         digest = hashlib.sha1(np.ascontiguousarray(selection.ids).tobytes()).hexdigest()
         self._collective("gather of the client results", round_idx,
-                         lambda: torch.distributed.all_gather_object(gathered, (digest, results), self.group))
-        digests = [d for d, _ in gathered]
+                         lambda: torch.distributed.all_gather_object(gathered, (digest, results, updates), self.group))
+        digests = [d for d, _, _ in gathered]
         if len(set(digests)) > 1:
             raise RankFailureError(
                 f"Round {round_idx}: the ranks selected different clients (digests {digests}). A selection must "
                 "depend only on the seeded selection stream and on state every rank shares, never on the rank."
             )
-        merged = {i: r for _, part in gathered for i, r in part.items()}
-        return [merged[i] for i in range(len(selection.ids))]
+        merged = {i: r for _, part, _ in gathered for i, r in part.items()}
+        ordered = [merged[i] for i in range(len(selection.ids))]
+        if updates is not None:
+            every = {c: u for _, _, part in gathered for c, u in part.items()}
+            updates.clear()
+            updates.update((r.client_id, every[r.client_id]) for r in ordered)
+        return ordered
 
     def sync_stop(self, state: RunState) -> None:
         """Stop on every rank if a callback asked to stop on any rank (else the others would wait forever)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from lightning.fabric import Fabric
 from torch import Tensor
 
@@ -32,6 +33,16 @@ class RoundSettings:
     clients_per_round: int
     eval_every: int = 1
     target_accuracy: float | None = None
+
+
+def flat_update(params: Params, global_params: Params) -> Tensor:
+    """A client's update as one float32 CPU vector: its floating-point entries minus the global ones.
+
+    >>> flat_update({"w": torch.tensor([3.0, 1.0])}, {"w": torch.tensor([1.0, 1.0])})
+    tensor([2., 0.])
+    """
+    deltas = [(t.float() - global_params[k].float()).reshape(-1) for k, t in params.items() if t.is_floating_point()]
+    return torch.cat(deltas).cpu()
 
 
 class Orchestrator:
@@ -73,6 +84,8 @@ class Orchestrator:
         self.ranks = Ranks(fabric)
         self.state = RunState(num_rounds=rounds.num_rounds, history=ClientHistory(store.num_samples))
         self.summary: dict[str, Any] = {}
+        # The round's flattened client updates, kept by `_train` only for selectors with `needs_updates`.
+        self._updates: dict[int, Tensor] | None = None
 
     def run(self) -> RunState:
         """Run from ``state.round`` to the last round (or until a callback sets ``state.should_stop``)."""
@@ -126,7 +139,7 @@ class Orchestrator:
         # 4. Feedback to the selector and the per-client history.
         state.history.record(r, results)  # type: ignore[union-attr]
         self.selector.update(Feedback(round=r, selection=selection, results=results, durations=plan.durations,
-                                      dropped=plan.dropped))
+                                      dropped=plan.dropped, updates=self._updates))
         self.participation.record(selection.ids, np.array([c.client_id for c in results], np.int64), plan.dropped)
 
         # 5. Metrics, with evaluation every `eval_every` rounds and always in the last one.
@@ -147,18 +160,22 @@ class Orchestrator:
         state = self.state
         self.aggregator.reset(self.global_params)
         results: dict[int, ClientResult] = {}
+        updates: dict[int, Tensor] | None = {} if self.selector.needs_updates else None
         # This rank's share of the cohort (all of it in one process), as positions in the selection.
         for i in self.ranks.share(selection, self.store.num_samples):
             client_id = int(selection.ids[i])
             self.fabric.call("on_client_start", state=state, client_id=client_id)
             params, result = self.trainer.fit(self.global_params, self.store.client(client_id, r))
+            if updates is not None:
+                updates[client_id] = flat_update(params, self.global_params)
             weight = float(selection.weights[i]) if selection.weights is not None else float(result.num_samples)
             self.aggregator.update(params, weight)
             del params  # views of the reused model: only the running sum survives the client
             results[i] = result
             self.fabric.call("on_client_end", state=state, client_id=client_id, result=result)
-        # Sum the ranks' running sums; every rank gets every client's result, in selection order.
-        return self.ranks.combine(self.aggregator, results, selection, r)
+        self._updates = updates
+        # Sum the ranks' running sums; every rank gets every client's result (and update), in selection order.
+        return self.ranks.combine(self.aggregator, results, selection, r, updates)
 
     def _context(self, r: int) -> SelectionContext:
         return SelectionContext(
@@ -168,7 +185,7 @@ class Orchestrator:
             num_samples=self.store.num_samples,
             history=self.state.history,  # type: ignore[arg-type]
             rng=self.selection_rng,
-            probe=lambda ids: self.probe(ids, r),
+            probe=lambda ids, batch_size=None: self.probe(ids, r, batch_size),
             profiles=self.systems.profiles,
         )
 
@@ -184,11 +201,15 @@ class Orchestrator:
             if isinstance(logger, WandbLogger):
                 logger.log_selection(r, selection, plan.durations, plan.status)
 
-    def probe(self, ids: Sequence[int], round_idx: int) -> np.ndarray:
-        """Current loss of the global model on each of ``ids`` (counted in ``select/probed_clients`` and the clock)."""
+    def probe(self, ids: Sequence[int], round_idx: int, batch_size: int | None = None) -> np.ndarray:
+        """Current loss of the global model on each of ``ids`` (counted in ``select/probed_clients`` and the clock).
+
+        ``batch_size=None`` evaluates each client's full local data; an int, its first seeded mini-batch.
+        """
         self.state.metrics["select/probed_clients"] = self.state.metrics.get("select/probed_clients", 0) + len(ids)
-        self.systems.record_probe(ids)
-        return self.trainer.losses(self.global_params, [self.store.client(int(c), round_idx) for c in ids])
+        self.systems.record_probe(ids, batch_size)
+        clients = [self.store.client(int(c), round_idx) for c in ids]
+        return self.trainer.losses(self.global_params, clients, batch_size)
 
     @staticmethod
     def _round_metrics(selection: Selection, results: Sequence[ClientResult]) -> dict[str, float]:

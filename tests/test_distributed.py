@@ -22,9 +22,11 @@ from .distributed_run import FailingRecorder
 SCRIPT = REPO / "tests" / "distributed_run.py"
 # An odd cohort of uneven Dirichlet clients, so that the two ranks train different numbers of clients and batches.
 OVERRIDES = ["rounds.clients_per_round=5", "fabric.accelerator=cpu"]
-# An adaptive selector whose next selection depends on the gathered results, with offline and dropped clients.
-ADAPTIVE = ["selector.name=system.oort", "systems.availability=bernoulli", "systems.availability_p=0.8",
-            "systems.dropout=0.2"]
+# Adaptive selectors whose next selection depends on what the ranks gather: Oort on the results (here with
+# offline and dropped clients), DivFL on the clients' updates.
+ADAPTIVE = {"oort": ["selector.name=system.oort", "systems.availability=bernoulli", "systems.availability_p=0.8",
+                     "systems.dropout=0.2"],
+            "divfl": ["selector.name=learning.divfl"]}
 
 
 def _launch(out: Path, *args: str, wandb: str = "disabled") -> subprocess.Popen[str]:
@@ -85,16 +87,17 @@ def test_cli_reports_a_failed_rank_in_one_line(monkeypatch: pytest.MonkeyPatch,
     assert capsys.readouterr().err == f"csfl-fabric: error: {message}\n"
 
 
-def test_two_processes_match_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("selector", sorted(ADAPTIVE))
+def test_two_processes_match_one_process(tmp_path: Path, selector: str) -> None:
     # Prepare: the same config in one process (here) and in two (gloo), W&B offline in the latter. Of the 3 rounds
     # only 2 run: the last rank asks to stop after round 1 (in two processes rank 1, and rank 0 must follow).
     recorder = FailingRecorder(tmp_path, stop_round=1)
-    single = run(SMOKE, [*OVERRIDES, *ADAPTIVE, f"logging.dir={tmp_path / 'single'}"], callbacks=[recorder])
+    single = run(SMOKE, [*OVERRIDES, *ADAPTIVE[selector], f"logging.dir={tmp_path / 'single'}"], callbacks=[recorder])
     out = tmp_path / "two"
     out.mkdir()
 
     # Execute
-    proc = _launch(out, "--stop-round", "1", *ADAPTIVE, wandb="offline")
+    proc = _launch(out, "--stop-round", "1", *ADAPTIVE[selector], wandb="offline")
     output, _ = proc.communicate(timeout=300)
 
     # Assert: identical selections, final params within 1e-5 (summation order differs), the same on both ranks.
