@@ -132,7 +132,7 @@ class Ranks:
 
     def combine(self, aggregator: Aggregator, results: dict[int, ClientResult], selection: Selection,
                 round_idx: int, updates: dict[int, Tensor] | None = None) -> list[ClientResult]:
-        """Sum the ranks' running sums in ``aggregator``; return every client's result in selection order.
+        """Sum the ranks' running sums in ``aggregator``; return every rank's client results in selection order.
 
         Args:
             aggregator: this rank's aggregator, holding the sums of the clients it trained.
@@ -146,7 +146,7 @@ class Ranks:
             RankFailureError: another rank failed, was killed or timed out, or selected different clients.
         """
         if self.world_size == 1:
-            return [results[i] for i in range(len(selection.ids))]
+            return [results[i] for i in sorted(results)]
         aggregator.reduce(lambda t: self._all_reduce(t, "sum", "all-reduce of the client sums", round_idx))
         gathered: list[Any] = [None] * self.world_size
         digest = hashlib.sha1(np.ascontiguousarray(selection.ids).tobytes()).hexdigest()
@@ -159,7 +159,7 @@ class Ranks:
                 "depend only on the seeded selection stream and on state every rank shares, never on the rank."
             )
         merged = {i: r for _, part, _ in gathered for i, r in part.items()}
-        ordered = [merged[i] for i in range(len(selection.ids))]
+        ordered = [merged[i] for i in sorted(merged)]  # a client that reported nothing is simply absent
         if updates is not None:
             every = {c: u for _, _, part in gathered for c, u in part.items()}
             updates.clear()
