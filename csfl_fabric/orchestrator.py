@@ -18,9 +18,9 @@ from torch import Tensor
 from csfl_fabric.aggregation import Aggregator
 from csfl_fabric.data.store import ClientStore
 from csfl_fabric.data.systems import RoundPlan, SystemModel
+from csfl_fabric.distributed import Ranks
 from csfl_fabric.errors import RunInterrupted
 from csfl_fabric.faults import ClientGuard
-from csfl_fabric.distributed import Ranks
 from csfl_fabric.loggers import WandbLogger, write_json
 from csfl_fabric.rng import global_rng_state, set_global_rng_state
 from csfl_fabric.selection.base import ClientSelector, check_selection
