@@ -19,13 +19,18 @@ from csfl_fabric.state import Params
 
 @dataclass
 class RunResult:
-    """What a finished run leaves: its directory, per-round metrics, summary and final global params."""
+    """What a finished run leaves: its directory, per-round metrics, summary and final global params.
+
+    In a distributed run every process gets one; ``metrics`` are read back on global rank 0 only (the
+    process that wrote them) and are empty elsewhere, while ``params`` and ``summary`` are the same everywhere.
+    """
 
     run_dir: Path
     config: Config
     metrics: list[dict[str, float]]
     summary: dict[str, Any]
     params: Params
+    global_rank: int = 0
 
 
 def run(
@@ -91,7 +96,9 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), callbacks: Sequen
 
 
 def _execute(built: Run, ckpt: dict[str, Any] | None) -> RunResult:
-    _prepare_run_dir(built)
+    writes = built.orchestrator.is_writer  # global rank 0 writes for the whole distributed run
+    if writes:
+        _prepare_run_dir(built)
     if ckpt is not None:
         restore(built, ckpt)
     orchestrator = built.orchestrator
@@ -102,8 +109,9 @@ def _execute(built: Run, ckpt: dict[str, Any] | None) -> RunResult:
     except (RunInterrupted, RunFailed) as e:
         e.run_dir = built.run_dir  # for the CLI's "resume with" line
         raise
-    return RunResult(run_dir=built.run_dir, config=built.config, metrics=read_metrics(built.run_dir),
-                     summary=dict(orchestrator.summary), params=orchestrator.global_params)
+    return RunResult(run_dir=built.run_dir, config=built.config, metrics=read_metrics(built.run_dir) if writes else [],
+                     summary=dict(orchestrator.summary), params=orchestrator.global_params,
+                     global_rank=built.fabric.global_rank)
 
 
 def _prepare_run_dir(built: Run) -> None:

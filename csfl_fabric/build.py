@@ -20,6 +20,7 @@ from csfl_fabric.config import Config, MemoryConfig, to_dict
 from csfl_fabric.data import systems
 from csfl_fabric.data.datasets import FederatedDataset
 from csfl_fabric.data.store import ClientStore
+from csfl_fabric.distributed import fabric_strategy, launch
 from csfl_fabric.errors import USER_ERRORS, ConfigError
 from csfl_fabric.faults import ClientGuard
 from csfl_fabric.loggers import CSVMetricsLogger, WandbLogger
@@ -69,9 +70,10 @@ class Run:
 
 
 def build_fabric(config: Config, callbacks: Sequence[Any] = (), loggers: Sequence[Any] = ()) -> Fabric:
-    """The run's Fabric from the `fabric:` section."""
+    """The run's Fabric from the `fabric:` section (not launched yet)."""
     f = config.fabric
-    return Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes, strategy=f.strategy,
+    strategy = fabric_strategy(f.strategy, f.devices, f.num_nodes, f.timeout_s, f.startup_timeout_s)
+    return Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes, strategy=strategy,
                   precision=f.precision, callbacks=list(callbacks), loggers=list(loggers))  # type: ignore[arg-type]
 
 
@@ -128,7 +130,6 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
         run_dir: where the run writes; default ``runs/<experiment>/<selector>-seed<k>/`` (made unique).
         callbacks: extra callbacks, called after the built-in ones.
     """
-    torch.set_num_threads(config.train.num_threads)
     run_dir = Path(run_dir) if run_dir is not None else fresh_run_dir(config)
     dataset, parts = build_dataset(config)
 
@@ -146,7 +147,10 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
                         tags=list(config.logging.tags) or None, run_id=(run_id := wandb_id(run_dir)))
     if wandb.mode != "disabled":
         loggers.append(wandb)
+    # Loggers and the progress bar act on global rank 0 only, so every rank may build them.
     fabric = build_fabric(config, all_callbacks, loggers)
+    launch(fabric)
+    torch.set_num_threads(config.train.num_threads)  # after launch, which sets its own thread count
 
     d = config.data
     store = ClientStore(dataset.x_train, dataset.y_train, parts, seed=config.seed, device=fabric.device,
@@ -162,6 +166,10 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
     trainer = ClientTrainer(fabric, model, settings, dataset.num_classes)
     global_params = trainer.global_params()
     model_bytes = sum(p.numel() * p.element_size() for p in global_params.values())
+    # Rank 0's run directory for all (another rank may have looked after rank 0 made it, and picked a new name).
+    # The broadcast also waits, up to fabric.startup_timeout_s, until every rank is set up: the rounds' short
+    # fabric.timeout_s never has to cover a slow start.
+    run_dir = Path(fabric.broadcast(str(run_dir), src=0))
     r = config.rounds
     orchestrator = Orchestrator(
         fabric=fabric,

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from csfl_fabric.cli_study import add_commands
-from csfl_fabric.errors import USER_ERRORS, RunFailed, RunInterrupted
+from csfl_fabric.errors import USER_ERRORS, RankFailureError, RunFailed, RunInterrupted
 from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS, Registry
 
 REGISTRIES: dict[str, Registry] = {
@@ -52,6 +52,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         result = resume(args.run_dir, args.overrides)
     else:
         result = run(args.config, args.overrides, run_dir=args.run_dir)
+    if result.global_rank != 0:
+        return 0  # rank 0 reports for the whole distributed run
     table = Table(title=f"{result.config.experiment}: {result.run_dir.name}", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -107,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunFailed as e:
         print(f"csfl-fabric: run failed: {e} The last consistent state is checkpointed; after fixing the cause "
               f"resume with: csfl-fabric resume {getattr(e, 'run_dir', '')}", file=sys.stderr)
+        return 1
+    except RankFailureError as e:
+        # Another process of a distributed run failed: say so in one line; that process printed the cause.
+        print(f"csfl-fabric: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("csfl-fabric: interrupted", file=sys.stderr)

@@ -165,13 +165,15 @@ class CompareConfig:
 
 @dataclass
 class FabricConfig:
-    """Arguments passed to `lightning.fabric.Fabric`."""
+    """Arguments passed to `lightning.fabric.Fabric`, and the timeouts of a distributed run (`FederatedDDPStrategy`)."""
 
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
+    timeout_s: float = 300.0
+    startup_timeout_s: float = 600.0
 
 
 @dataclass
@@ -211,6 +213,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.on_divergence": ("skip", "abort"),
     "logging.wandb": ("offline", "online", "disabled"),
     "resume": ("never", "auto"),
+    "fabric.strategy": ("auto", "ddp"),
     "systems.availability": ("always", "bernoulli", "trace"),
     "systems.trace_unit": ("round", "second"),
     "systems.deadline_policy": ("drop", "wait"),
@@ -421,6 +424,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"Expected `{key}` to be >= 0 but got {value}.")
     if c.train.clip_grad_norm is not None and c.train.clip_grad_norm <= 0:
         raise ConfigError(f"Expected `train.clip_grad_norm` to be > 0 or null but got {c.train.clip_grad_norm}.")
+    for key, value in (("fabric.timeout_s", c.fabric.timeout_s), ("fabric.startup_timeout_s",
+                                                                  c.fabric.startup_timeout_s)):
+        if not value > 0:
+            raise ConfigError(f"Expected `{key}` to be > 0 seconds but got {value}.")
     if not 0 < c.memory.ram_threshold <= 1:
         raise ConfigError(f"Expected `memory.ram_threshold` to be in (0, 1] but got {c.memory.ram_threshold}.")
     if c.memory.abort_threshold is not None and not c.memory.ram_threshold <= c.memory.abort_threshold <= 1:

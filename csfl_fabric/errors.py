@@ -53,3 +53,7 @@ class RunInterrupted(Exception):
     def exit_code(self) -> int:
         """128 + the signal number, as a shell reports a process ended by that signal (130, 143)."""
         return 128 + self.signum
+
+
+class RankFailureError(RuntimeError):
+    """Another process of a distributed run failed, was killed or timed out; the CLI exits with code 1."""

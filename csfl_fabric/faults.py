@@ -79,11 +79,15 @@ class ClientGuard:
             return None
         return params, result
 
-    def end_round(self, round_idx: int, num_selected: int) -> dict[str, float]:
-        """The round's fault counts as metrics; resets them. Raises `RunFailed` if no client was usable."""
+    def end_round(self, round_idx: int, num_selected: int, num_usable: int) -> dict[str, float]:
+        """The round's fault counts (this process's clients) as metrics; resets them.
+
+        Raises:
+            RunFailed: clients were trained but none of them (on any process) was usable.
+        """
         failed, diverged = self.failed, self.diverged
         self.failed = self.diverged = 0
-        if num_selected and failed + diverged == num_selected:
+        if num_selected and not num_usable:
             raise RunFailed(f"Every client of round {round_idx} failed ({failed}) or diverged ({diverged}); "
                             "see the warnings above for the causes.")
         return {"train/failed_clients": float(failed), "train/diverged_clients": float(diverged)}

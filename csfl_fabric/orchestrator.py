@@ -18,6 +18,7 @@ from torch import Tensor
 from csfl_fabric.aggregation import Aggregator
 from csfl_fabric.data.store import ClientStore
 from csfl_fabric.data.systems import RoundPlan, SystemModel
+from csfl_fabric.distributed import Ranks
 from csfl_fabric.errors import RunInterrupted
 from csfl_fabric.faults import ClientGuard
 from csfl_fabric.loggers import WandbLogger, write_json
@@ -89,6 +90,7 @@ class Orchestrator:
         self.participation = Participation(store.num_clients)
         self.run_dir = run_dir
         self.guard = guard or ClientGuard()
+        self.ranks = Ranks(fabric)
         self.state = RunState(num_rounds=rounds.num_rounds, history=ClientHistory(store.num_samples))
         self.summary: dict[str, Any] = {}
         # The round's flattened client updates, kept by `_train` only for selectors with `needs_updates`.
@@ -105,6 +107,7 @@ class Orchestrator:
                 self.guard.check_stop()
                 self._round(state)
                 state.round += 1
+                self.ranks.sync_stop(state)
             status = "success"
         except RunInterrupted:
             status = "interrupted"
@@ -114,12 +117,17 @@ class Orchestrator:
             self.summary.update(rounds_completed=state.round, stop_reason=state.stop_reason, status=status,
                                 wall_seconds=time.perf_counter() - started, selector=self.selector_key,
                                 sim_total_s=self.systems.total_s, **self.participation.summary())
-            if self.run_dir is not None and self.fabric.global_rank == 0:
+            if self.run_dir is not None and self.is_writer:
                 write_json(self.run_dir / "summary.json", self.summary)
                 self.participation.write_csv(self.run_dir / "participation.csv")
             for logger in self.fabric.loggers:
                 logger.finalize(status)
         return state
+
+    @property
+    def is_writer(self) -> bool:
+        """True in the one process that writes the run directory, checkpoints included: global rank 0."""
+        return self.fabric.global_rank == 0
 
     def _round(self, state: RunState) -> None:
         r = state.round
@@ -164,9 +172,11 @@ class Orchestrator:
     def _train(self, selection: Selection, r: int) -> list[ClientResult]:
         state = self.state
         self.aggregator.reset(self.global_params)
-        results: list[ClientResult] = []
+        results: dict[int, ClientResult] = {}
         updates: dict[int, Tensor] | None = {} if self.selector.needs_updates else None
-        for i, client_id in enumerate(selection.ids.tolist()):
+        # This rank's share of the cohort (all of it in one process), as positions in the selection.
+        for i in self.ranks.share(selection, self.store.num_samples):
+            client_id = int(selection.ids[i])
             self.guard.check_stop()  # a signal stops the run between clients, never inside one
             self.fabric.call("on_client_start", state=state, client_id=client_id)
             fitted = self.guard.fit(self.trainer, self.global_params, self.store.client(client_id, r), r)
@@ -178,11 +188,14 @@ class Orchestrator:
             weight = float(selection.weights[i]) if selection.weights is not None else float(result.num_samples)
             self.aggregator.update(params, weight)
             del params  # views of the reused model: only the running sum survives the client
-            results.append(result)
+            results[i] = result
             self.fabric.call("on_client_end", state=state, client_id=client_id, result=result)
-        state.metrics.update(self.guard.end_round(r, len(selection.ids)))
         self._updates = updates
-        return results
+        # Sum the ranks' running sums; every rank gets every client's result (and update), in selection order.
+        combined = self.ranks.combine(self.aggregator, results, selection, r, updates)
+        # After combining, so that every rank sees the same usable count and raises (or not) together.
+        state.metrics.update(self.guard.end_round(r, len(selection.ids), len(combined)))
+        return combined
 
     def _context(self, r: int) -> SelectionContext:
         return SelectionContext(
@@ -204,7 +217,7 @@ class Orchestrator:
         return selection
 
     def _log_selection(self, r: int, selection: Selection, plan: RoundPlan) -> None:
-        for logger in self.fabric.loggers if self.fabric.global_rank == 0 else ():
+        for logger in self.fabric.loggers if self.is_writer else ():
             if isinstance(logger, WandbLogger):
                 logger.log_selection(r, selection, plan.durations, plan.status)
 

@@ -74,9 +74,11 @@ class ClientTrainer:
         self._tensors = [t for t in state.values()]
         self._params = [p for p in self.model.parameters()]
         self._param_keys = [k for k, t in state.items() if isinstance(t, nn.Parameter)]
-        metrics = {"acc": MulticlassAccuracy(num_classes), "f1": MulticlassF1Score(num_classes, average="macro"),
-                   "precision": MulticlassPrecision(num_classes, average="macro"),
-                   "recall": MulticlassRecall(num_classes, average="macro")}
+        # Every rank evaluates the whole test set itself: torchmetrics must not add up the ranks' states.
+        metrics = {"acc": MulticlassAccuracy(num_classes, average="micro", sync_on_compute=False),
+                   "f1": MulticlassF1Score(num_classes, average="macro", sync_on_compute=False),
+                   "precision": MulticlassPrecision(num_classes, average="macro", sync_on_compute=False),
+                   "recall": MulticlassRecall(num_classes, average="macro", sync_on_compute=False)}
         # One collection: metrics with the same state (all four count per-class stats) share one update per batch.
         self._metrics = MetricCollection(metrics, compute_groups=True).to(fabric.device)
         register_releasable(self.release)
