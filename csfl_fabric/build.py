@@ -13,6 +13,7 @@ import torch
 from lightning.fabric import Fabric
 
 from csfl_fabric.callbacks.progress import RichProgress
+from csfl_fabric.cohort import CohortTrainer
 from csfl_fabric.config import Config, to_dict
 from csfl_fabric.data.datasets import FederatedDataset
 from csfl_fabric.data.store import ClientStore
@@ -114,7 +115,8 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
     settings = TrainSettings(local_epochs=t.local_epochs, local_steps=t.local_steps, batch_size=t.batch_size, lr=t.lr,
                              optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay, mu=t.mu,
                              clip_grad_norm=t.clip_grad_norm, eval_batch_size=t.eval_batch_size)
-    trainer = ClientTrainer(fabric, model, settings, dataset.num_classes)
+    trainer = (CohortTrainer(fabric, model, settings, dataset.num_classes, cohort_size=t.cohort_size)
+               if t.backend == "cohort" else ClientTrainer(fabric, model, settings, dataset.num_classes))
     r = config.rounds
     orchestrator = Orchestrator(
         fabric=fabric,

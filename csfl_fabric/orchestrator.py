@@ -125,9 +125,12 @@ class Orchestrator:
         state = self.state
         self.aggregator.reset(self.global_params)
         results: list[ClientResult] = []
-        for i, client_id in enumerate(selection.ids.tolist()):
+        ids = selection.ids.tolist()
+        # Lazy: the sequential trainer trains a client when its item is drawn, the cohort trainer a chunk at a time.
+        fitted = self.trainer.fit_many(self.global_params, [self.store.client(c, r) for c in ids])
+        for i, client_id in enumerate(ids):
             self.fabric.call("on_client_start", state=state, client_id=client_id)
-            params, result = self.trainer.fit(self.global_params, self.store.client(client_id, r))
+            params, result = next(fitted)
             weight = float(selection.weights[i]) if selection.weights is not None else float(result.num_samples)
             self.aggregator.update(params, weight)
             del params  # views of the reused model: only the running sum survives the client

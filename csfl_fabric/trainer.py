@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,6 +123,15 @@ class ClientTrainer:
             loss_sq_sum=sq_total,
         )
         return {k: t.detach() for k, t in zip(self.keys, self._tensors, strict=False)}, result
+
+    def fit_many(self, global_params: Params, clients: Iterable[ClientData]) -> Iterator[tuple[Params, ClientResult]]:
+        """`fit` each of ``clients`` from ``global_params`` in order, lazily: a client trains when its item is drawn.
+
+        Each yielded params is valid until the next item is drawn (fold it into the aggregate at once).
+        The cohort backend implements the same method by training chunks of clients together.
+        """
+        for client in clients:
+            yield self.fit(global_params, client)
 
     @torch.inference_mode()
     def evaluate(self, params: Params, x: Tensor, y: Tensor) -> dict[str, float]:

@@ -70,6 +70,15 @@ class ClientData:
         Yields:
             Batches of inputs and labels on the store's device. A client with no samples yields nothing.
         """
+        for idx in self.batch_indices(batch_size, epochs=epochs, steps=steps):
+            yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+
+    def batch_indices(self, batch_size: int, *, epochs: int = 1, steps: int | None = None) -> Iterator[Tensor]:
+        """The rows of ``x`` and ``y`` that `batches` yields, batch by batch (same arguments, same order).
+
+        The cohort trainer gathers many clients' batches at once from these; both trainers thus see
+        identical batches.
+        """
         if batch_size < 1:
             raise ValueError(f"Expected `batch_size` >= 1 but got {batch_size}.")
         if steps is not None and steps < 0:
@@ -86,8 +95,7 @@ class ClientData:
             for start in range(0, self.num_samples, batch_size):
                 if yielded == steps:
                     return
-                idx = order[start : start + batch_size]
-                yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+                yield order[start : start + batch_size]
                 yielded += 1
 
     def arrays(self) -> tuple[Tensor, Tensor]:
