@@ -14,10 +14,14 @@ from torch import Tensor, nn
 
 
 def bare_fedavg(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray], *, rounds: int, per_round: int,
-                batch_size: int, lr: float, seed: int = 0) -> list[float]:
-    """Run ``rounds`` rounds of FedAvg (1 local epoch, SGD) and return the seconds of each round."""
+                batch_size: int, lr: float, seed: int = 0, autocast: bool = False) -> list[float]:
+    """Run ``rounds`` rounds of FedAvg (1 local epoch, SGD) and return the seconds of each round.
+
+    Runs on ``x``'s device (``model`` must be there too); ``autocast`` runs the forward in bfloat16 autocast.
+    """
     rng = np.random.default_rng(seed)
-    idx = [torch.as_tensor(p, dtype=torch.long) for p in parts]
+    device = x.device
+    idx = [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts]
     tensors = list(model.state_dict(keep_vars=True).values())
     global_w = [t.detach().clone() for t in tensors]
     opt = torch.optim.SGD(model.parameters(), lr=lr)
@@ -32,10 +36,12 @@ def bare_fedavg(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray],
             with torch.no_grad():
                 torch._foreach_copy_(tensors, global_w)
             client = idx[c]
-            perm = client[torch.randperm(len(client), generator=gen)]
+            perm = client[torch.randperm(len(client), generator=gen).to(device)]
             for b in range(0, len(perm), batch_size):
                 batch = perm[b : b + batch_size]
-                loss = F.cross_entropy(model(x.index_select(0, batch)), y.index_select(0, batch))
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    logits = model(x.index_select(0, batch))
+                loss = F.cross_entropy(logits.float(), y.index_select(0, batch))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -43,5 +49,7 @@ def bare_fedavg(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray],
                 torch._foreach_add_(acc, [t.detach().float() for t in tensors], alpha=float(len(client)))
             total += len(client)
         global_w = [a / total for a in acc]
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # kernels run asynchronously: the round ends when they have
         times.append(time.perf_counter() - start)
     return times

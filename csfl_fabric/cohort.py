@@ -54,6 +54,7 @@ class _Plan:
     index: Tensor
     mask: Tensor
     active: Tensor
+    all_active: list[bool]
     num_steps: list[int]
     samples: list[int]
 
@@ -73,9 +74,10 @@ class _Plan:
         if rows:
             # One padded gather for the whole chunk instead of one small copy per batch (kernel launches on CUDA).
             index[torch.tensor(rows, device=device)] = pad_sequence([b for bs in per_client for b in bs], True)
+        all_active = (lengths > 0).all(1).tolist()
         lengths = lengths.to(device)
         mask = torch.arange(width, device=device) < lengths.unsqueeze(-1)
-        return cls(index.view(steps, n, width), mask, lengths > 0, num_steps, lengths.sum(0).tolist())
+        return cls(index.view(steps, n, width), mask, lengths > 0, all_active, num_steps, lengths.sum(0).tolist())
 
 
 class CohortTrainer(ClientTrainer):
@@ -102,10 +104,14 @@ class CohortTrainer(ClientTrainer):
         super().__init__(fabric, model, settings, num_classes)
         self.cohort_size = cohort_size
         self._buffer_keys = [k for k in self.keys if k not in set(self._param_keys)]
-        # in_dims: params batched over clients, buffers shared, inputs/labels/mask batched.
-        self._grad_step: Callable[..., tuple[Params, Tensor]] = vmap(
-            grad(self._loss, has_aux=True), in_dims=(0, None, 0, 0, 0), randomness="different"
-        )
+        # in_dims: params batched over clients (shared in the first step, when all clients still hold the
+        # global params: no stacked copy to make, and the forward reads one set of weights), buffers shared,
+        # inputs/labels/mask batched.
+        self._grad_step: dict[bool, Callable[..., tuple[Params, Tensor]]] = {
+            stacked: vmap(grad(self._loss, has_aux=True), in_dims=(0 if stacked else None, None, 0, 0, 0),
+                          randomness="different")
+            for stacked in (False, True)
+        }
 
     def _loss(self, params: Params, buffers: Params, x: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         # One client's masked mean loss: padded samples add exact zeros to the loss and the gradient.
@@ -135,14 +141,11 @@ class CohortTrainer(ClientTrainer):
         s, n = self.settings, len(clients)
         plan = _Plan.of(clients, s)
         model_tensors = dict(zip(self.keys, self._tensors, strict=True))
-        params = {
-            k: global_params[k].to(model_tensors[k]).expand(n, *model_tensors[k].shape).clone()
-            for k in self._param_keys
-        }
-        buffers = {k: global_params[k].to(model_tensors[k]) for k in self._buffer_keys}
-        anchor = {k: global_params[k].to(model_tensors[k]) for k in self._param_keys}
-        optimizer = _FunctionalOptimizer(s, params)
-        self.model.module.train()
+        start = {k: global_params[k].to(model_tensors[k]) for k in self.keys}
+        buffers = {k: start[k] for k in self._buffer_keys}
+        params = {k: start[k] for k in self._param_keys}  # stacked (one row per client) after the first step
+        optimizer = _FunctionalOptimizer(s)
+        self._train_mode()
         x_all, y_all = clients[0].x, clients[0].y
         loss_sum = torch.zeros(n, device=self.fabric.device)
         sq_sum = torch.zeros(n, device=self.fabric.device)
@@ -150,17 +153,17 @@ class CohortTrainer(ClientTrainer):
             rows = plan.index[t].reshape(-1)
             x = x_all.index_select(0, rows).view(n, -1, *x_all.shape[1:])
             y = y_all.index_select(0, rows).view(n, -1)
-            grads, losses = self._grad_step(params, buffers, x, y, plan.mask[t])
+            grads, losses = self._grad_step[t > 0](params, buffers, x, y, plan.mask[t])
             if s.mu > 0:
                 # FedProx (Li et al., MLSys 2020): the gradient of mu/2 ||w - w_global||^2 is mu (w - w_global).
-                grads = {k: g + s.mu * (params[k] - anchor[k]) for k, g in grads.items()}
+                grads = {k: g.add_(params[k] - start[k], alpha=s.mu) for k, g in grads.items()}
             masked = losses.float() * plan.mask[t]
             loss_sum += masked.sum(1)
             sq_sum += masked.square().sum(1)
-            params = optimizer.step(params, grads, plan.active[t], t + 1)
+            params = optimizer.step(params, grads, None if plan.all_active[t] else plan.active[t], t)
         totals, squares = torch.stack([loss_sum, sq_sum]).tolist()  # the one host sync per chunk
         for i, client in enumerate(clients):
-            out = {k: params[k][i] if k in params else buffers[k] for k in self.keys}
+            out = {k: params[k][i] if k in params and plan.index.shape[0] else start[k] for k in self.keys}
             yield out, ClientResult(
                 client_id=client.client_id,
                 num_samples=client.num_samples,
@@ -177,38 +180,56 @@ class _FunctionalOptimizer:
     ``step`` applies the update only to active clients: an inactive client's params and state are kept
     as they are. All active clients of a chunk are at the same step ``t`` (clients start together and
     take consecutive steps), so Adam's bias corrections are scalars, computed in double as torch does.
+    From the second step on, params and state are this chunk's own stacked tensors and are updated in
+    place: fresh multi-megabyte tensors per step cost page faults on CPU.
     """
 
-    def __init__(self, settings: TrainSettings, params: Params) -> None:
+    def __init__(self, settings: TrainSettings) -> None:
         self.s = settings
-        adam = settings.optimizer == "adam"
-        self.exp_avg = {k: torch.zeros_like(p) for k, p in params.items()} if adam or settings.momentum else {}
-        self.exp_avg_sq = {k: torch.zeros_like(p) for k, p in params.items()} if adam else {}
+        self.exp_avg: Params = {}  # momentum buffer (SGD) or first moment (Adam), created at the first step
+        self.exp_avg_sq: Params = {}
 
-    def step(self, params: Params, grads: Params, active: Tensor, t: int) -> Params:
-        """The params after one step from ``grads`` (clipped, with weight decay) for the ``active`` clients."""
+    def step(self, params: Params, grads: Params, active: Tensor | None, t: int) -> Params:
+        """Params after step ``t`` (0-based) from ``grads`` (clipped, with weight decay); ``None`` = all active."""
         s = self.s
         if s.clip_grad_norm is not None:
             grads = _clip_per_client(grads, s.clip_grad_norm)
         new: Params = {}
         for k, p in params.items():
-            gate = active.view(-1, *[1] * (p.dim() - 1))
-            g = grads[k] + s.weight_decay * p if s.weight_decay else grads[k]
-            if s.optimizer == "adam":
-                b1, b2 = ADAM_BETAS
-                m = torch.where(gate, torch.lerp(self.exp_avg[k], g, 1 - b1), self.exp_avg[k])
-                v = torch.where(gate, self.exp_avg_sq[k] * b2 + (1 - b2) * g * g, self.exp_avg_sq[k])
-                self.exp_avg[k], self.exp_avg_sq[k] = m, v
-                denom = v.sqrt() / (1 - b2**t) ** 0.5 + ADAM_EPS
-                update = (s.lr / (1 - b1**t)) * m / denom
+            g = grads[k].add_(p, alpha=s.weight_decay) if s.weight_decay else grads[k]  # grads are ours to change
+            d, lr = self._adam(k, g, active, t) if s.optimizer == "adam" else self._sgd(k, g, active, t)
+            if active is not None:
+                new[k] = torch.where(active.view(-1, *[1] * (p.dim() - 1)), torch.add(p, d, alpha=-lr), p)
+            elif t > 0:
+                new[k] = p.add_(d, alpha=-lr)
+            elif d is g:  # the first step of plain SGD: the gradient's memory becomes the stacked params
+                new[k] = d.mul_(-lr).add_(p)
             else:
-                if s.momentum:
-                    # torch starts the buffer at the first gradient; momentum * 0 + g is exactly that.
-                    self.exp_avg[k] = torch.where(gate, s.momentum * self.exp_avg[k] + g, self.exp_avg[k])
-                    g = self.exp_avg[k]
-                update = s.lr * g
-            new[k] = torch.where(gate, p - update, p)
+                new[k] = torch.add(p, d, alpha=-lr)
         return new
+
+    def _sgd(self, k: str, g: Tensor, active: Tensor | None, t: int) -> tuple[Tensor, float]:
+        s = self.s
+        if s.momentum:
+            # torch starts the buffer at the first gradient (buffer = g); later buffer = momentum * buffer + g.
+            buf = g.clone() if t == 0 else self._gated(active, self.exp_avg[k].mul(s.momentum).add_(g), self.exp_avg[k])
+            self.exp_avg[k] = buf
+            return buf, s.lr
+        return g, s.lr
+
+    def _adam(self, k: str, g: Tensor, active: Tensor | None, t: int) -> tuple[Tensor, float]:
+        s, (b1, b2) = self.s, ADAM_BETAS
+        if t == 0:
+            self.exp_avg[k], self.exp_avg_sq[k] = torch.zeros_like(g), torch.zeros_like(g)
+        m, v = self.exp_avg[k], self.exp_avg_sq[k]
+        m = self.exp_avg[k] = self._gated(active, torch.lerp(m, g, 1 - b1), m)
+        v = self.exp_avg_sq[k] = self._gated(active, (v * b2).addcmul_(g, g, value=1 - b2), v)
+        denom = (v.sqrt() / (1 - b2 ** (t + 1)) ** 0.5).add_(ADAM_EPS)
+        return m / denom, s.lr / (1 - b1 ** (t + 1))
+
+    @staticmethod
+    def _gated(active: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
+        return new if active is None else torch.where(active.view(-1, *[1] * (new.dim() - 1)), new, old)
 
 
 def _clip_per_client(grads: Params, max_norm: float) -> Params:
