@@ -5,6 +5,7 @@ No Fabric, no callbacks, no logging: one reused model, weights copied in, SGD, a
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -14,12 +15,15 @@ from torch import Tensor, nn
 
 
 def bare_fedavg(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray], *, rounds: int, per_round: int,
-                batch_size: int, lr: float, seed: int = 0, autocast: bool = False) -> list[float]:
+                batch_size: int, lr: float, seed: int = 0, autocast: bool = False,
+                rng: np.random.Generator | None = None) -> list[float]:
     """Run ``rounds`` rounds of FedAvg (1 local epoch, SGD) and return the seconds of each round.
 
     Runs on ``x``'s device (``model`` must be there too); ``autocast`` runs the forward in bfloat16 autocast.
+    ``rng`` draws the clients of each round: pass csfl_fabric's selection stream to train the same clients
+    as `heuristic.random` (per-round cost depends on the sizes of the chosen clients).
     """
-    rng = np.random.default_rng(seed)
+    rng = rng if rng is not None else np.random.default_rng(seed)
     device = x.device
     idx = [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts]
     tensors = list(model.state_dict(keep_vars=True).values())
@@ -39,7 +43,7 @@ def bare_fedavg(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray],
             perm = client[torch.randperm(len(client), generator=gen).to(device)]
             for b in range(0, len(perm), batch_size):
                 batch = perm[b : b + batch_size]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                with torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
                     logits = model(x.index_select(0, batch))
                 loss = F.cross_entropy(logits.float(), y.index_select(0, batch))
                 opt.zero_grad(set_to_none=True)

@@ -111,3 +111,10 @@ def test_invalid_arguments_raise() -> None:
         next(store.client(0, round_idx=0).batches(0))
     with pytest.raises(ValueError, match="indices outside"):
         ClientStore(torch.zeros(3, 1), torch.zeros(3, dtype=torch.long), [np.array([0, 5])], seed=0)
+
+
+def test_batch_indices_are_the_rows_of_batches() -> None:
+    client = _store().client(1, round_idx=4)
+    rows = [idx.tolist() for idx in client.batch_indices(3, epochs=2)]
+    assert rows == _ids(list(client.batches(3, epochs=2)))  # row i holds label i
+    assert len(rows) == 6  # ceil(8 / 3) batches x 2 epochs
