@@ -128,7 +128,8 @@ def main() -> None:
             target = TARGETS.get((contender, workload))
             verdict = "" if target is None else f"<={target:.2f} {'met' if median / base <= target else 'MISSED'}"
             per_rep = " ".join(f"{statistics.median(rep):.4f}" for rep in times[contender])
-            print(f"{workload:<10}{contender:<12}{median:>16.4f}{median / base:>8.2f}  {verdict:<12}{per_rep}", flush=True)
+            print(f"{workload:<10}{contender:<12}{median:>16.4f}{median / base:>8.2f}  {verdict:<12}{per_rep}",
+                  flush=True)
 
 
 if __name__ == "__main__":
