@@ -13,7 +13,11 @@ Workloads (small CNN, 1 local epoch, batch 16, SGD lr 0.05, heuristic.random sel
 
 Each process runs one warm-up round first and one evaluating round last; neither is timed.
 
-    python bench/speed.py [--workloads W W-big] [--reps 3] [--device cpu] [--precision 32-true]
+Clocks: ``--clock cpu`` (the default on CPU) counts the process's own CPU time per round, which stays
+meaningful on a machine shared with other jobs (wall time there mostly measures their load);
+``--clock wall`` (the default on CUDA, where work runs outside the process's CPU time) counts elapsed time.
+
+    python bench/speed.py [--workloads W W-big] [--reps 3] [--device cpu] [--precision 32-true] [--clock cpu]
 """
 
 from __future__ import annotations
@@ -52,20 +56,24 @@ def overrides(workload: str, device: str, precision: str, rounds: int, tmp: str)
             "logging.wandb=disabled", "logging.progress=false", f"logging.dir={tmp}"]
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 class RoundTimer:
     """Seconds between consecutive round starts: everything a round costs, hooks and logging included."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, clock: str) -> None:
         self.cuda = device == "cuda"
+        self.clock = CLOCKS[clock]
         self.starts: list[float] = []
 
     def on_round_start(self) -> None:
         if self.cuda:
             torch.cuda.synchronize()  # the previous round's kernels belong to the previous round
-        self.starts.append(time.perf_counter())
+        self.starts.append(self.clock())
 
 
-def worker(contender: str, workload: str, device: str, precision: str) -> list[float]:
+def worker(contender: str, workload: str, device: str, precision: str, clock: str) -> list[float]:
     """The timed rounds of one contender on one workload, in this process."""
     from csfl_fabric.build import build_dataset, build_run, stream
     from csfl_fabric.config import load_config
@@ -84,9 +92,10 @@ def worker(contender: str, workload: str, device: str, precision: str) -> list[f
             # The selection stream: the same clients in every round as heuristic.random in the other contenders.
             times = bare_fedavg(model.to(device), dataset.x_train.to(device), dataset.y_train.to(device), parts,
                                 rounds=rounds - 1, per_round=cfg.rounds.clients_per_round, batch_size=16, lr=0.05,
-                                autocast=precision == "bf16-mixed", rng=stream(cfg.seed, "selection"))
+                                autocast=precision == "bf16-mixed", rng=stream(cfg.seed, "selection"),
+                                clock=CLOCKS[clock])
             return times[1:]
-        timer = RoundTimer(device)
+        timer = RoundTimer(device, clock)
         run = build_run(cfg, callbacks=[timer])
         run.run_dir.mkdir(parents=True, exist_ok=True)
         run.orchestrator.run()
@@ -94,9 +103,9 @@ def worker(contender: str, workload: str, device: str, precision: str) -> list[f
         return [b - a for a, b in zip(starts[1:-1], starts[2:], strict=False)]
 
 
-def spawn(contender: str, workload: str, device: str, precision: str) -> list[float]:
+def spawn(contender: str, workload: str, device: str, precision: str, clock: str) -> list[float]:
     cmd = [sys.executable, __file__, "--worker", contender, "--workloads", workload, "--device", device,
-           "--precision", precision]
+           "--precision", precision, "--clock", clock]
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -109,19 +118,21 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--clock", choices=list(CLOCKS), help="default: cpu on CPU, wall on CUDA")
     parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    clock = args.clock or ("cpu" if args.device == "cpu" else "wall")
     if args.worker:
-        print(json.dumps(worker(args.worker, args.workloads[0], args.device, args.precision)))
+        print(json.dumps(worker(args.worker, args.workloads[0], args.device, args.precision, clock)))
         return
     contenders = ["bare", *[c for c in args.contenders if c != "bare"]]
-    print(f"device={args.device} precision={args.precision} reps={args.reps} torch={torch.__version__}")
+    print(f"device={args.device} precision={args.precision} clock={clock} reps={args.reps} torch={torch.__version__}")
     print(f"{'workload':<10}{'contender':<12}{'median s/round':>16}{'x bare':>8}  {'target':<12}median of each rep")
     for workload in args.workloads:
         times: dict[str, list[list[float]]] = {c: [] for c in contenders}
         for _ in range(args.reps):
             for contender in contenders:  # alternate, so drifts in machine load hit every contender alike
-                times[contender].append(spawn(contender, workload, args.device, args.precision))
+                times[contender].append(spawn(contender, workload, args.device, args.precision, clock))
         base = statistics.median(t for rep in times["bare"] for t in rep)
         for contender in contenders:
             median = statistics.median(t for rep in times[contender] for t in rep)
