@@ -15,6 +15,7 @@ from lightning.fabric import Fabric
 from csfl_fabric.callbacks.progress import RichProgress
 from csfl_fabric.cohort import CohortTrainer
 from csfl_fabric.config import Config, to_dict
+from csfl_fabric.data import systems
 from csfl_fabric.data.datasets import FederatedDataset
 from csfl_fabric.data.store import ClientStore
 from csfl_fabric.errors import ConfigError
@@ -83,6 +84,27 @@ def build_dataset(config: Config) -> tuple[FederatedDataset, list[np.ndarray]]:
     return dataset, parts
 
 
+def build_systems(config: Config, num_samples: np.ndarray, model_bytes: int) -> systems.SystemModel:
+    """The clients' system profiles, availability, dropouts and clock from the `systems:` section."""
+    s, t = config.systems, config.train
+    n = len(num_samples)
+    if s.profiles:
+        speed, bandwidth = systems.read_profiles(s.profiles, n)
+    else:
+        rng = stream(config.seed, "systems")
+        speed = systems.lognormal(rng, n, s.speed_median, s.speed_sigma)
+        bandwidth = systems.lognormal(rng, n, s.bandwidth_median, s.bandwidth_sigma)
+    work = systems.samples_per_round(num_samples, t.batch_size, t.local_epochs, t.local_steps)
+    profiles = systems.SystemProfiles(speed=speed, bandwidth=bandwidth, model_bytes=model_bytes,
+                                      compute_s=work / speed, transfer_s=model_bytes / bandwidth, deadline=s.deadline)
+    return systems.SystemModel(
+        profiles, num_samples, stream(config.seed, "availability"), stream(config.seed, "dropout"),
+        availability=s.availability, availability_p=s.availability_p,
+        trace=systems.read_trace(s.trace) if s.availability == "trace" and s.trace else None,
+        trace_unit=s.trace_unit, dropout=s.dropout, deadline_policy=s.deadline_policy, overcommit=s.overcommit,
+    )
+
+
 def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequence[Any] = ()) -> Run:
     """Build a ready-to-run `Run` from a validated config; nothing is written to disk yet.
 
@@ -117,6 +139,8 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
                              clip_grad_norm=t.clip_grad_norm, eval_batch_size=t.eval_batch_size)
     trainer = (CohortTrainer(fabric, model, settings, dataset.num_classes, cohort_size=t.cohort_size)
                if t.backend == "cohort" else ClientTrainer(fabric, model, settings, dataset.num_classes))
+    global_params = trainer.global_params()
+    model_bytes = sum(p.numel() * p.element_size() for p in global_params.values())
     r = config.rounds
     orchestrator = Orchestrator(
         fabric=fabric,
@@ -125,10 +149,11 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
         selector=SELECTORS.build(config.selector.name, config.selector.params),
         selector_key=config.selector.name,
         aggregator=AGGREGATORS.build(config.aggregator.name, config.aggregator.params),
-        global_params=trainer.global_params(),
+        global_params=global_params,
         test_data=(dataset.x_test.to(fabric.device), dataset.y_test.to(fabric.device)),
         rounds=RoundSettings(r.num_rounds, r.clients_per_round, r.eval_every, r.target_accuracy),
         selection_rng=stream(config.seed, "selection"),
+        systems=build_systems(config, store.num_samples, model_bytes),
         run_dir=run_dir,
     )
     return Run(config=config, fabric=fabric, dataset=dataset, orchestrator=orchestrator, run_dir=run_dir,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,10 +72,15 @@ class RoundsConfig:
 
 @dataclass
 class SelectorConfig:
-    """The client-selection method: a registry name and its params."""
+    """The client-selection method: a registry name and its params.
+
+    ``module`` is written ``import`` in YAML and overrides (``selector.import=my_selectors``): a Python module
+    imported before validation, so that the selector it registers can be named in ``name``.
+    """
 
     name: str = "heuristic.random"
     params: dict[str, Any] = field(default_factory=dict)
+    module: str | None = None
 
 
 @dataclass
@@ -81,6 +89,29 @@ class AggregatorConfig:
 
     name: str = "fedavg"
     params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SystemsConfig:
+    """Simulated client systems and the round clock (README "System heterogeneity and the simulated clock").
+
+    Speeds (samples/s) and bandwidths (bytes/s, both directions) are lognormal, ``median * exp(sigma * N(0, 1))``,
+    unless ``profiles`` names a CSV with columns ``client_id,speed,bandwidth``.
+    """
+
+    profiles: str | None = None
+    speed_median: float = 100.0
+    speed_sigma: float = 0.5
+    bandwidth_median: float = 1.25e6
+    bandwidth_sigma: float = 0.8
+    availability: str = "always"
+    availability_p: float = 0.8
+    trace: str | None = None
+    trace_unit: str = "round"
+    dropout: float = 0.0
+    deadline: float | None = None
+    deadline_policy: str = "drop"
+    overcommit: float = 1.0
 
 
 @dataclass
@@ -133,6 +164,7 @@ class Config:
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     selector: SelectorConfig = field(default_factory=SelectorConfig)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    systems: SystemsConfig = field(default_factory=SystemsConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -153,6 +185,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("sgd", "adam"),
     "train.backend": ("sequential", "cohort"),
     "logging.wandb": ("offline", "online", "disabled"),
+    "systems.availability": ("always", "bernoulli", "trace"),
+    "systems.trace_unit": ("round", "second"),
+    "systems.deadline_policy": ("drop", "wait"),
     "fabric.precision": ("32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"),
 }
 
@@ -173,14 +208,42 @@ def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides:
     cfg: DictConfig = OmegaConf.structured(Config)
     for layer in layers:
         _normalize_shorthand(layer)
+        _rename_import(layer)
         _drop_params_of_switched_components(cfg, layer)
         try:
             cfg = OmegaConf.merge(cfg, layer)  # type: ignore[assignment]
         except OmegaConfBaseException as e:
             raise _one_line(e) from None
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    import_plugin(config.selector.module)
     validate(config)
     return config
+
+
+def _rename_import(layer: dict[str, Any]) -> None:
+    # `import` is a Python keyword, so the dataclass field is `module`.
+    section = _section(layer, "selector")
+    if section is not None and "import" in section:
+        section["module"] = section.pop("import")
+
+
+def import_plugin(module: str | None) -> None:
+    """Import the user module named by ``selector.import`` (it registers its selectors on import).
+
+    Raises:
+        ConfigError: the module cannot be imported; the message says why and how to fix it.
+    """
+    if not module:
+        return
+    # The console script's sys.path starts at its bin/ folder, not the working directory users run from.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        importlib.import_module(module)
+    except Exception as e:  # any failure inside user code is reported as one line naming the key
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        raise ConfigError(f"Could not import `selector.import={module}` ({reason}): put the module on PYTHONPATH "
+                          "(e.g. run from its folder) and check that it imports.") from None
 
 
 def to_yaml(config: Config) -> str:
@@ -242,7 +305,7 @@ def _normalize_shorthand(layer: dict[str, Any]) -> None:
         section = _section(layer, path)
         if section is None:
             continue
-        extra = [k for k in section if k not in ("name", "params", "import")]
+        extra = [k for k in section if k not in ("name", "params", "import", "module")]
         if extra:
             params = section.setdefault("params", {}) or {}
             section["params"] = params
@@ -332,6 +395,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"Expected `memory.ram_threshold` to be in (0, 1] but got {c.memory.ram_threshold}.")
     if c.rounds.target_accuracy is not None and not 0 < c.rounds.target_accuracy <= 1:
         raise ConfigError(f"Expected `rounds.target_accuracy` to be in (0, 1] but got {c.rounds.target_accuracy}.")
+    _validate_systems(c.systems)
     for key, choices in CHOICES.items():
         section, _, leaf = key.partition(".")
         value = getattr(getattr(c, section), leaf)
@@ -345,6 +409,26 @@ def validate(config: Config) -> None:
     _check_component("selector", "name", SELECTORS, c.selector.name, c.selector.params)
     _check_component("aggregator", "name", AGGREGATORS, c.aggregator.name, c.aggregator.params)
     _check_component("train", "model", MODELS, c.train.model, c.train.model_params, params_key="model_params")
+
+
+def _validate_systems(s: SystemsConfig) -> None:
+    for key in ("speed_median", "bandwidth_median"):
+        if not getattr(s, key) > 0:
+            raise ConfigError(f"Expected `systems.{key}` to be > 0 but got {getattr(s, key)}.")
+    for key in ("speed_sigma", "bandwidth_sigma"):
+        if not getattr(s, key) >= 0:
+            raise ConfigError(f"Expected `systems.{key}` to be >= 0 but got {getattr(s, key)}.")
+    if not 0 < s.availability_p <= 1:
+        raise ConfigError(f"Expected `systems.availability_p` to be in (0, 1] but got {s.availability_p}.")
+    if s.availability == "trace" and not s.trace:
+        raise ConfigError("`systems.availability` is `trace` but `systems.trace` is not set: give the path of a "
+                          "trace CSV (client_id,start,end) or use `always` / `bernoulli`.")
+    if not 0 <= s.dropout < 1:
+        raise ConfigError(f"Expected `systems.dropout` to be in [0, 1) but got {s.dropout}.")
+    if s.deadline is not None and not s.deadline > 0:
+        raise ConfigError(f"Expected `systems.deadline` to be > 0 seconds or null but got {s.deadline}.")
+    if not s.overcommit >= 1:
+        raise ConfigError(f"Expected `systems.overcommit` to be >= 1 (e.g. 1.3 as in Oort) but got {s.overcommit}.")
 
 
 def _at_least(key: str, value: int, low: int) -> None:

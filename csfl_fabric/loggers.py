@@ -9,8 +9,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from lightning.fabric.loggers.logger import Logger
 from typing_extensions import override
+
+from csfl_fabric.state import Selection
 
 #: Wall-clock columns differ between identical runs, so they go to timing.csv and metrics.csv stays reproducible.
 WALL_PREFIX = "time/wall"
@@ -151,6 +154,7 @@ class WandbLogger(Logger):
                                             "tags": tags, "id": run_id}
         self.init_timeout = init_timeout
         self._run: Any = None
+        self.selection_rows: list[list[Any]] = []
 
     @property
     @override
@@ -200,6 +204,19 @@ class WandbLogger(Logger):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.experiment.log({**metrics, "round": step})
 
+    def log_selection(self, round_idx: int, selection: Selection, durations: np.ndarray,
+                      status: tuple[str, ...]) -> None:
+        """Keep one row per selected client for the ``select/clients`` table, logged once when the run ends.
+
+        One table per run, not per round: every logged table is a W&B artifact.
+        """
+        def column(values: np.ndarray | None) -> list[float | None]:
+            return [None] * len(selection.ids) if values is None else [float(v) for v in values]
+
+        rows = zip(np.asarray(selection.ids).tolist(), column(selection.scores), column(selection.probs),
+                   column(durations), status, strict=True)
+        self.selection_rows.extend([round_idx, *row] for row in rows)
+
     def set_summary(self, summary: dict[str, Any]) -> None:
         """Set run-level summary values (best accuracy, time to accuracy, ...)."""
         for k, v in summary.items():
@@ -207,6 +224,13 @@ class WandbLogger(Logger):
 
     @override
     def finalize(self, status: str) -> None:
+        if self.selection_rows:
+            import wandb
+
+            columns: list[str | int] = ["round", "client_id", "score", "prob", "sim_duration_s", "status"]
+            self.experiment.log({"select/clients": wandb.Table(columns=columns, data=self.selection_rows),
+                                 "round": self.selection_rows[-1][0]})
+            self.selection_rows = []
         if self._run is not None:
             self._run.finish(exit_code=0 if status == "success" else 1)
             self._run = None

@@ -84,8 +84,11 @@ class SelectionContext:
         num_samples: training samples per client, indexed by client id (all clients).
         history: per-client history (last loss, times selected, last round seen).
         rng: the selection stream's seeded generator; selectors draw from it only.
-        probe: returns the current loss of the global model on each given client (its cost is counted).
-        profiles: per-client system profiles (speeds, bandwidths) when simulated, else None.
+        probe: ``probe(ids, batch_size=None)`` returns the current loss of the global model on each given
+            client: on its full local data, or with ``batch_size=b`` on its first seeded mini-batch of b
+            samples of this round (its cost is counted).
+        profiles: per-client system profiles (`csfl_fabric.data.systems.SystemProfiles`: speeds, bandwidths,
+            expected compute and transfer seconds, the deadline), or None.
     """
 
     round: int
@@ -94,7 +97,7 @@ class SelectionContext:
     num_samples: np.ndarray
     history: ClientHistory
     rng: np.random.Generator
-    probe: Callable[[Sequence[int]], np.ndarray]
+    probe: Callable[..., np.ndarray]
     profiles: Any = None
 
 
@@ -117,11 +120,25 @@ class Selection:
 
 @dataclass(frozen=True)
 class Feedback:
-    """What a selector learns after a round: the selection and what the trained clients reported."""
+    """What a selector learns after a round: the selection and what the trained clients reported.
+
+    Attributes:
+        round: the round index.
+        selection: what the selector returned.
+        results: reports of the clients that completed (in training order).
+        durations: simulated seconds of each selected client, aligned with ``selection.ids`` (also for the
+            clients that did not report: what they would have taken), or None without a system model.
+        dropped: ids of selected clients that did not report (dropouts, deadline misses, over-commitment cuts).
+        updates: each trained client's flattened update (its params minus the global params it started
+            from, float32, on the CPU), only when the selector sets ``needs_updates``; else None.
+    """
 
     round: int
     selection: Selection
     results: Sequence[ClientResult]
+    durations: np.ndarray | None = None
+    dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    updates: dict[int, Tensor] | None = None
 
 
 @dataclass

@@ -153,13 +153,22 @@ class ClientTrainer:
         return {"eval/loss": values[0], "eval/acc": values[1], "eval/f1": values[2]}
 
     @torch.inference_mode()
-    def losses(self, params: Params, clients: Sequence[ClientData]) -> np.ndarray:
-        """Mean loss of ``params`` on each client's full local data (what power-of-choice probes)."""
+    def losses(self, params: Params, clients: Sequence[ClientData], batch_size: int | None = None) -> np.ndarray:
+        """Mean loss of ``params`` on each client's data (what power-of-choice probes).
+
+        Args:
+            params: the model to evaluate (the current global model).
+            clients: the clients to probe.
+            batch_size: None for the full local data; else the client's first seeded mini-batch of this
+                many samples (cpow-d's estimate), the same batch its training would start with.
+        """
         self.load(params)
         self.model.module.eval()
         out = []
         for client in clients:
-            x, y = client.arrays()
+            # A client with no samples yields no batch: then the (empty) full data, whose loss is 0 as below.
+            batch = None if batch_size is None else next(client.batches(batch_size), None)
+            x, y = batch if batch is not None else client.arrays()
             loss = torch.zeros((), device=self.fabric.device)
             for start in range(0, len(y), self.settings.eval_batch_size):
                 stop = start + self.settings.eval_batch_size

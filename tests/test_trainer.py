@@ -79,3 +79,14 @@ def test_evaluate_and_probe_losses(optimizer: str) -> None:
     losses = trainer.losses(trained, [store.client(0, 0), store.client(1, 0)])
     assert losses.shape == (2,)
     assert losses[0] == pytest.approx(after["eval/loss"], rel=1e-5)
+
+
+def test_probe_on_a_mini_batch_uses_the_clients_first_seeded_batch() -> None:
+    trainer, store = _setup(TrainSettings())
+    params = trainer.global_params()
+    client = store.client(0, 3)
+    xb, yb = next(client.batches(7))
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(trainer.model.module(xb), yb).item()
+    assert trainer.losses(params, [client], batch_size=7)[0] == pytest.approx(expected, rel=1e-6)
+    assert trainer.losses(params, [client], batch_size=7)[0] != pytest.approx(trainer.losses(params, [client])[0])

@@ -235,14 +235,7 @@ def _load_torchvision(name: str, cls_name: str, folder: str, root: str, download
 def mnist(*, root: str, download: bool, num_clients: int, rng: np.random.Generator) -> FederatedDataset:
     """MNIST handwritten digits (LeCun et al. 1998) via torchvision: 60k/10k images of shape ``(1, 28, 28)``.
 
-    Args:
-        root: folder that holds (or will hold) ``MNIST/raw``.
-        download: fetch the files if they are missing.
-        num_clients: unused.
-        rng: unused.
-
-    Returns:
-        The dataset, standardised with the train split's mean and std.
+    Files are read from ``{root}/MNIST/raw`` (fetched first if ``download``); standardised with train statistics.
     """
     return _load_torchvision("mnist", "MNIST", "MNIST/raw", root, download)
 
@@ -251,14 +244,7 @@ def mnist(*, root: str, download: bool, num_clients: int, rng: np.random.Generat
 def fashion_mnist(*, root: str, download: bool, num_clients: int, rng: np.random.Generator) -> FederatedDataset:
     """Fashion-MNIST (Xiao et al. 2017) via torchvision: 60k/10k images of shape ``(1, 28, 28)``.
 
-    Args:
-        root: folder that holds (or will hold) ``FashionMNIST/raw``.
-        download: fetch the files if they are missing.
-        num_clients: unused.
-        rng: unused.
-
-    Returns:
-        The dataset, standardised with the train split's mean and std.
+    Files are read from ``{root}/FashionMNIST/raw`` (fetched if ``download``); standardised with train statistics.
     """
     return _load_torchvision("fashion_mnist", "FashionMNIST", "FashionMNIST/raw", root, download)
 
@@ -267,13 +253,6 @@ def fashion_mnist(*, root: str, download: bool, num_clients: int, rng: np.random
 def cifar10(*, root: str, download: bool, num_clients: int, rng: np.random.Generator) -> FederatedDataset:
     """CIFAR-10 (Krizhevsky 2009) via torchvision: 50k/10k images of shape ``(3, 32, 32)``.
 
-    Args:
-        root: folder that holds (or will hold) ``cifar-10-batches-py``.
-        download: fetch the files if they are missing.
-        num_clients: unused.
-        rng: unused.
-
-    Returns:
-        The dataset, standardised per channel with the train split's mean and std.
+    Read from ``{root}/cifar-10-batches-py`` (fetched if ``download``); standardised per channel with train statistics.
     """
     return _load_torchvision("cifar10", "CIFAR10", "cifar-10-batches-py", root, download)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from csfl_fabric.errors import ConfigError
 from csfl_fabric.state import Feedback, Selection, SelectionContext
 
 
@@ -20,6 +22,10 @@ class ClientSelector(ABC):
 
     #: Set by methods that sample with replacement (the same client may appear twice in one round).
     allows_duplicates: bool = False
+    #: Set by methods that need each trained client's flattened update in ``Feedback.updates``.
+    needs_updates: bool = False
+    #: Set by methods that read ``ctx.profiles`` (system speeds, bandwidths).
+    needs_profiles: bool = False
 
     @abstractmethod
     def select(self, ctx: SelectionContext) -> Selection:
@@ -50,3 +56,33 @@ def check_selection(selection: Selection, ctx: SelectionContext, key: str, allow
         problem = "selected a client twice"
     if problem:
         raise ValueError(f"Selector `{key}` {problem} in round {ctx.round}.")
+
+
+def check_param(name: str, value: object, ok: bool, hint: str) -> None:
+    """Raise a one-line `ConfigError` naming ``selector.params.<name>`` when ``ok`` is False.
+
+    >>> check_param("d", 0, False, "use d >= 1")
+    Traceback (most recent call last):
+    ...
+    csfl_fabric.errors.ConfigError: Invalid `selector.params.d=0`: use d >= 1.
+    """
+    if not ok:
+        raise ConfigError(f"Invalid `selector.params.{name}={value!r}`: {hint}.")
+
+
+def check_number(name: str, value: object, ok: Callable[[float], bool], hint: str) -> None:
+    """Like `check_param` for a numeric param: also a one-line `ConfigError` when ``value`` is not a number.
+
+    >>> check_number("gamma", "high", lambda v: 0 < v <= 1, "use a value in (0, 1]")
+    Traceback (most recent call last):
+    ...
+    csfl_fabric.errors.ConfigError: Invalid `selector.params.gamma='high'`: use a value in (0, 1].
+    """
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    check_param(name, value, is_number and ok(float(value)), hint)  # type: ignore[arg-type]
+
+
+def size_probs(ctx: SelectionContext) -> np.ndarray:
+    """Data-size probabilities p_k = n_k / sum_j n_j over ``ctx.available``, in its order."""
+    n = ctx.num_samples[ctx.available].astype(float)
+    return n / n.sum()

@@ -1,0 +1,95 @@
+"""Selection telemetry: fairness of participation (pure functions) and the per-run participation counts."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from csfl_fabric.state import Selection
+
+
+def jain_index(x: Sequence[float] | np.ndarray) -> float:
+    """Jain's fairness index ``(sum x)^2 / (n * sum x^2)``: 1 when all are equal, ``1/n`` when one holds all.
+
+    Jain, Chiu, Hawe, "A Quantitative Measure of Fairness and Discrimination", DEC-TR-301, 1984.
+    NaN for an empty or all-zero ``x`` (undefined there).
+
+    >>> jain_index([3, 3, 3, 3])
+    1.0
+    >>> jain_index([4, 0, 0, 0])
+    0.25
+    >>> round(jain_index([1, 2, 3]), 6)  # 36 / (3 * 14)
+    0.857143
+    """
+    a = np.asarray(x, dtype=float)
+    sq = float(np.square(a).sum())
+    return float(a.sum() ** 2 / (len(a) * sq)) if sq > 0 else float("nan")
+
+
+def never_selected_fraction(counts: Sequence[int] | np.ndarray) -> float:
+    """Fraction of clients with a count of zero.
+
+    >>> never_selected_fraction([0, 2, 0, 5])
+    0.5
+    """
+    a = np.asarray(counts)
+    return float((a == 0).mean()) if len(a) else float("nan")
+
+
+def selection_metrics(selection: Selection, num_available: int) -> dict[str, float]:
+    """Per-round summaries of a selection for metrics.csv (means of probabilities and scores when given).
+
+    >>> selection_metrics(Selection(ids=np.array([3, 1]), probs=np.array([0.2, 0.4])), num_available=5)
+    {'select/num_available': 5.0, 'select/mean_prob': 0.30000000000000004}
+    """
+    out = {"select/num_available": float(num_available)}
+    for key, values in (("select/mean_prob", selection.probs), ("select/mean_score", selection.scores)):
+        if values is not None and len(values):
+            out[key] = float(np.mean(values))
+    return out
+
+
+class Participation:
+    """How often each client was selected, completed its update, or was dropped, over a run.
+
+    Args:
+        num_clients: the population size.
+    """
+
+    def __init__(self, num_clients: int) -> None:
+        self.selected = np.zeros(num_clients, dtype=np.int64)
+        self.completed = np.zeros(num_clients, dtype=np.int64)
+        self.dropped = np.zeros(num_clients, dtype=np.int64)
+
+    def record(self, selected: np.ndarray, completed: np.ndarray, dropped: np.ndarray) -> None:
+        """Count one round (ids may repeat when a selector samples with replacement)."""
+        for counts, ids in ((self.selected, selected), (self.completed, completed), (self.dropped, dropped)):
+            np.add.at(counts, np.asarray(ids, dtype=np.int64), 1)
+
+    def summary(self) -> dict[str, float]:
+        """Run-level fairness of participation: Jain's index and the never-selected fraction."""
+        return {"participation/jain_selected": jain_index(self.selected),
+                "participation/jain_completed": jain_index(self.completed),
+                "participation/never_selected_frac": never_selected_fraction(self.selected),
+                "participation/never_completed_frac": never_selected_fraction(self.completed)}
+
+    def write_csv(self, path: str | Path) -> None:
+        """One row per client: ``client_id,selected,completed,dropped``."""
+        with Path(path).open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["client_id", "selected", "completed", "dropped"])
+            rows = zip(self.selected.tolist(), self.completed.tolist(), self.dropped.tolist(), strict=True)
+            writer.writerows([i, *row] for i, row in enumerate(rows))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counts, for checkpoints."""
+        return {"selected": self.selected.copy(), "completed": self.completed.copy(), "dropped": self.dropped.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        for key in ("selected", "completed", "dropped"):
+            setattr(self, key, np.asarray(state[key], dtype=np.int64).copy())

@@ -1,0 +1,95 @@
+"""A fake round loop for selector tests: contexts, probes and feedback without training anything.
+
+Reusable by every selector test (and by the system.* selectors once merged): `simulate` drives any
+registered selector through rounds with a partially available client set, deterministic probe losses,
+fake `ClientResult`s and, for selectors with ``needs_updates``, fake update vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from csfl_fabric.selection.base import ClientSelector
+from csfl_fabric.state import ClientHistory, ClientResult, Feedback, Selection, SelectionContext
+from tests.system_fakes import fake_profiles
+
+NUM_CLIENTS = 12
+K = 4
+UPDATE_DIM = 6
+#: Builds ``ctx.profiles`` for selectors with ``needs_profiles`` as ``factory(num_clients, seed)``.
+PROFILE_FACTORY: Callable[[int, int], Any] | None = fake_profiles
+
+
+def fake_loss(round_idx: int, client_id: int, batch_size: int | None = None) -> float:
+    """A deterministic loss that differs by client and round (and slightly for a mini-batch estimate)."""
+    base = 1.0 + ((7 * client_id + 3 * round_idx) % 11) / 10.0
+    return base + (0.05 * (client_id % 3) if batch_size is not None else 0.0)
+
+
+def fake_update(round_idx: int, client_id: int) -> torch.Tensor:
+    """A deterministic update vector per (round, client): two client families point in different directions."""
+    rng = np.random.default_rng([round_idx, client_id])
+    direction = np.eye(UPDATE_DIM)[client_id % 2] * 3.0
+    return torch.tensor(direction + rng.normal(0, 0.3, UPDATE_DIM), dtype=torch.float32)
+
+
+@dataclass
+class FakeLoop:
+    """The state a selector sees across rounds: history, selection generator and probed clients."""
+
+    seed: int = 0
+    num_samples: np.ndarray = field(default_factory=lambda: np.arange(1, NUM_CLIENTS + 1) * 10)
+    history: ClientHistory = field(init=False)
+    rng: np.random.Generator = field(init=False)
+    probed: list[list[int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.history = ClientHistory(self.num_samples)
+        self.rng = np.random.default_rng(self.seed)
+
+    def available(self, round_idx: int) -> np.ndarray:
+        """All clients in even rounds; a seeded subset of 8 in odd rounds (independent of the selector)."""
+        if round_idx % 2 == 0:
+            return np.arange(NUM_CLIENTS)
+        return np.sort(np.random.default_rng([self.seed, round_idx]).choice(NUM_CLIENTS, 8, replace=False))
+
+    def context(self, round_idx: int, selector: ClientSelector, k: int = K) -> SelectionContext:
+        """The round's context; profiles only for selectors that declare ``needs_profiles``."""
+
+        def probe(ids: Any, batch_size: int | None = None) -> np.ndarray:
+            self.probed.append([int(c) for c in ids])
+            return np.array([fake_loss(round_idx, int(c), batch_size) for c in ids])
+
+        profiles = None
+        if getattr(selector, "needs_profiles", False) and PROFILE_FACTORY is not None:
+            profiles = PROFILE_FACTORY(len(self.num_samples), self.seed)
+        return SelectionContext(round=round_idx, k=k, available=self.available(round_idx),
+                                num_samples=self.num_samples.copy(), history=self.history, rng=self.rng,
+                                probe=probe, profiles=profiles)
+
+    def feedback(self, round_idx: int, selection: Selection, selector: ClientSelector) -> Feedback:
+        """Fake results for the selected clients; records them in the history like the orchestrator does."""
+        results = [ClientResult(client_id=int(c), num_samples=int(self.num_samples[c]), num_steps=1,
+                                samples_processed=int(self.num_samples[c]), loss=fake_loss(round_idx, int(c)) * 0.9,
+                                loss_sq_sum=float(self.num_samples[c]) * fake_loss(round_idx, int(c)) ** 2)
+                   for c in selection.ids.tolist()]
+        self.history.record(round_idx, results)
+        updates = None
+        if selector.needs_updates:
+            updates = {r.client_id: fake_update(round_idx, r.client_id) for r in results}
+        return Feedback(round=round_idx, selection=selection, results=results, updates=updates)
+
+    def run(self, selector: ClientSelector, rounds: range, k: int = K) -> list[tuple[SelectionContext, Selection]]:
+        """Select and feed back for each round of ``rounds``; returns each round's context and selection."""
+        out = []
+        for r in rounds:
+            ctx = self.context(r, selector, k)
+            selection = selector.select(ctx)
+            selector.update(self.feedback(r, selection, selector))
+            out.append((ctx, selection))
+        return out
