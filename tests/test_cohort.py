@@ -18,6 +18,7 @@ from csfl_fabric.errors import ConfigError
 from csfl_fabric.models import cnn
 from csfl_fabric.trainer import ClientTrainer, TrainSettings
 from tests.conftest import SMOKE
+from tests.test_orchestrator import Recorder
 
 SIZES = (25, 7, 13, 1, 18)  # uneven: partial last batches, a one-sample client, different step counts
 
@@ -144,3 +145,15 @@ def test_run_with_cohort_backend_matches_sequential_metrics(tmp_path: Path) -> N
 def test_cohort_size_must_be_positive(smoke: list[str]) -> None:
     with pytest.raises(ConfigError, match=r"`train.cohort_size` to be >= 1 but got 0"):
         run(SMOKE, [*smoke, "train.backend=cohort", "train.cohort_size=0"])
+
+
+def test_client_hooks_fire_per_client_in_selection_order(smoke: list[str]) -> None:
+    rec = Recorder()  # on_client_end also asserts that each result belongs to the client it is reported for
+    run(SMOKE, [*smoke, "rounds.num_rounds=1", "rounds.clients_per_round=5", "train.backend=cohort",
+                "train.cohort_size=2"], callbacks=[rec])
+    names = [name for name, _ in rec.calls]
+    assert names == ["on_run_start", "on_round_start", "on_selection",
+                     *["on_client_start", "on_client_end"] * 5, "on_round_end", "on_run_end"]
+    clients = [arg for name, arg in rec.calls if name in ("on_client_start", "on_client_end")]
+    assert clients[0::2] == clients[1::2]
+    assert len(set(clients)) == 5
