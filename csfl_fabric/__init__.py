@@ -2,8 +2,9 @@
 
 # Import every implementation module so that the registries are complete.
 from csfl_fabric import aggregation, data, models, selection  # noqa: F401
-from csfl_fabric.api import RunResult, run
+from csfl_fabric.api import RunResult, resume, run
 from csfl_fabric.callbacks import Callback
+from csfl_fabric.compare import ComparisonResult, compare
 from csfl_fabric.config import Config, load_config
 from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS
 from csfl_fabric.selection import ClientSelector
@@ -18,12 +19,15 @@ __all__ = [
     "Callback",
     "ClientResult",
     "ClientSelector",
+    "ComparisonResult",
     "Config",
     "Feedback",
     "Params",
     "RunResult",
     "Selection",
     "SelectionContext",
+    "compare",
     "load_config",
+    "resume",
     "run",
 ]

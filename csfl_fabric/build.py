@@ -12,16 +12,21 @@ import numpy as np
 import torch
 from lightning.fabric import Fabric
 
+from csfl_fabric.callbacks.checkpoint import Checkpoint
 from csfl_fabric.callbacks.progress import RichProgress
+from csfl_fabric.callbacks.study import StudyMetrics
 from csfl_fabric.cohort import CohortTrainer
 from csfl_fabric.config import Config, to_dict
 from csfl_fabric.data import systems
 from csfl_fabric.data.datasets import FederatedDataset
 from csfl_fabric.data.store import ClientStore
-from csfl_fabric.errors import ConfigError
+from csfl_fabric.distributed import fabric_strategy, launch
+from csfl_fabric.errors import USER_ERRORS, ConfigError
+from csfl_fabric.faults import ClientGuard
 from csfl_fabric.loggers import CSVMetricsLogger, WandbLogger
 from csfl_fabric.orchestrator import Orchestrator, RoundSettings
-from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS
+from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS, Registry
+from csfl_fabric.resume import checkpoint_dir, config_hash, wandb_id
 from csfl_fabric.trainer import ClientTrainer, TrainSettings
 
 
@@ -61,12 +66,14 @@ class Run:
     orchestrator: Orchestrator
     run_dir: Path
     callbacks: list[Any] = field(default_factory=list)
+    wandb_id: str = ""
 
 
 def build_fabric(config: Config, callbacks: Sequence[Any] = (), loggers: Sequence[Any] = ()) -> Fabric:
-    """The run's Fabric from the `fabric:` section."""
+    """The run's Fabric from the `fabric:` section (not launched yet)."""
     f = config.fabric
-    return Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes, strategy=f.strategy,
+    strategy = fabric_strategy(f.strategy, f.devices, f.num_nodes, f.timeout_s, f.startup_timeout_s)
+    return Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes, strategy=strategy,
                   precision=f.precision, callbacks=list(callbacks), loggers=list(loggers))  # type: ignore[arg-type]
 
 
@@ -113,20 +120,26 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
         run_dir: where the run writes; default ``runs/<experiment>/<selector>-seed<k>/`` (made unique).
         callbacks: extra callbacks, called after the built-in ones.
     """
-    torch.set_num_threads(config.train.num_threads)
     run_dir = Path(run_dir) if run_dir is not None else fresh_run_dir(config)
     dataset, parts = build_dataset(config)
 
-    all_callbacks: list[Any] = []
+    # First, so that its round-start state precedes anything other callbacks do in that round.
+    all_callbacks: list[Any] = [Checkpoint(checkpoint_dir(run_dir), config.checkpoint.every_n_rounds,
+                                           config.checkpoint.keep, meta={"config_hash": config_hash(config)}),
+                                StudyMetrics()]
     if config.logging.progress:
         all_callbacks.append(RichProgress(f"{config.experiment} {run_name(config)}"))
     all_callbacks.extend(callbacks)
     loggers: list[Any] = [CSVMetricsLogger(run_dir)]
     wandb = WandbLogger(config.logging.wandb, config.logging.project, run_dir, config=to_dict(config),
-                        name=run_dir.name, group=config.experiment, job_type=config.selector.name)
+                        name=run_dir.name, group=config.experiment, job_type=config.selector.name,
+                        tags=list(config.logging.tags) or None, run_id=(run_id := wandb_id(run_dir)))
     if wandb.mode != "disabled":
         loggers.append(wandb)
+    # Loggers and the progress bar act on global rank 0 only, so every rank may build them.
     fabric = build_fabric(config, all_callbacks, loggers)
+    launch(fabric)
+    torch.set_num_threads(config.train.num_threads)  # after launch, which sets its own thread count
 
     store = ClientStore(dataset.x_train, dataset.y_train, parts, seed=config.seed, device=fabric.device)
     # The initial model depends on the seed only, so every method of a comparison starts from the same weights.
@@ -141,20 +154,35 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
                if t.backend == "cohort" else ClientTrainer(fabric, model, settings, dataset.num_classes))
     global_params = trainer.global_params()
     model_bytes = sum(p.numel() * p.element_size() for p in global_params.values())
+    # Rank 0's run directory for all (another rank may have looked after rank 0 made it, and picked a new name).
+    # The broadcast also waits, up to fabric.startup_timeout_s, until every rank is set up: the rounds' short
+    # fabric.timeout_s never has to cover a slow start.
+    run_dir = Path(fabric.broadcast(str(run_dir), src=0))
     r = config.rounds
     orchestrator = Orchestrator(
         fabric=fabric,
         store=store,
         trainer=trainer,
-        selector=SELECTORS.build(config.selector.name, config.selector.params),
+        selector=_component("selector", SELECTORS, config.selector.name, config.selector.params),
         selector_key=config.selector.name,
-        aggregator=AGGREGATORS.build(config.aggregator.name, config.aggregator.params),
+        aggregator=_component("aggregator", AGGREGATORS, config.aggregator.name, config.aggregator.params),
         global_params=global_params,
         test_data=(dataset.x_test.to(fabric.device), dataset.y_test.to(fabric.device)),
         rounds=RoundSettings(r.num_rounds, r.clients_per_round, r.eval_every, r.target_accuracy),
         selection_rng=stream(config.seed, "selection"),
         systems=build_systems(config, store.num_samples, model_bytes),
         run_dir=run_dir,
+        guard=ClientGuard(config.train.on_divergence),
     )
     return Run(config=config, fabric=fabric, dataset=dataset, orchestrator=orchestrator, run_dir=run_dir,
-               callbacks=all_callbacks)
+               callbacks=all_callbacks, wandb_id=run_id)
+
+
+def _component(section: str, registry: Registry, name: str, params: dict[str, Any]) -> Any:
+    """Build a selector or aggregator; a param value its constructor rejects is a one-line `ConfigError`."""
+    try:
+        return registry.build(name, params)
+    except (ValueError, TypeError) as e:
+        if isinstance(e, USER_ERRORS):
+            raise
+        raise ConfigError(f"`{section}` `{name}`: {e}") from None

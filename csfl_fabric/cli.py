@@ -1,15 +1,17 @@
-"""Command line: ``csfl-fabric run | list`` (``python -m csfl_fabric`` is the same)."""
+"""Command line: ``csfl-fabric run | resume | compare | report | runs | list`` (``python -m csfl_fabric`` too)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from csfl_fabric.errors import USER_ERRORS
+from csfl_fabric.cli_study import add_commands
+from csfl_fabric.errors import USER_ERRORS, RankFailureError, RunFailed, RunInterrupted
 from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS, Registry
 
 REGISTRIES: dict[str, Registry] = {
@@ -30,15 +32,28 @@ def _parser() -> argparse.ArgumentParser:
                          "`csfl-fabric run configs/quickstart.yaml rounds.num_rounds=5 train.lr=0.1`.")
     run.add_argument("config", help="YAML config file (see configs/)")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=0.1")
+    run.add_argument("--run-dir", help="write exactly here (default: runs/<experiment>/<run>/, made unique)")
+    res = sub.add_parser("resume", help="continue a run from its latest checkpoint",
+                         description="Continue RUN_DIR from its latest checkpoint with its config.yaml, e.g. "
+                         "`csfl-fabric resume runs/quickstart/heuristic.random-seed0` (overrides may extend "
+                         "rounds.num_rounds or change logging).")
+    res.add_argument("run_dir", help="a run directory with checkpoints/")
+    res.add_argument("overrides", nargs="*", help="key=value overrides that do not change results")
+    COMMANDS.update(add_commands(sub))
     lst = sub.add_parser("list", help="list registered components with one-line descriptions")
     lst.add_argument("kind", nargs="?", choices=sorted(REGISTRIES), help="which registry (default: all)")
     return parser
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from csfl_fabric.api import run
+    from csfl_fabric.api import resume, run
 
-    result = run(args.config, args.overrides)
+    if args.command == "resume":
+        result = resume(args.run_dir, args.overrides)
+    else:
+        result = run(args.config, args.overrides, run_dir=args.run_dir)
+    if result.global_rank != 0:
+        return 0  # rank 0 reports for the whole distributed run
     table = Table(title=f"{result.config.experiment}: {result.run_dir.name}", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -67,12 +82,19 @@ def _cmd_list(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "list": _cmd_list}
+COMMANDS: dict[str, Any] = {"run": _cmd_run, "resume": _cmd_run, "list": _cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``csfl-fabric`` console script; returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow the flags (`compare CONFIG --seeds 0,1 train.lr=0.1`).
+    bad = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     console = Console()
     try:
         return COMMANDS[args.command](args, console)
@@ -80,6 +102,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A user mistake: one line, exit code 2, no traceback.
         print(f"csfl-fabric: error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:
+        print(f"csfl-fabric: {e}; checkpoint written. Resume with: csfl-fabric resume {getattr(e, 'run_dir', '')}",
+              file=sys.stderr)
+        return e.exit_code
+    except RunFailed as e:
+        print(f"csfl-fabric: run failed: {e} The last consistent state is checkpointed; after fixing the cause "
+              f"resume with: csfl-fabric resume {getattr(e, 'run_dir', '')}", file=sys.stderr)
+        return 1
+    except RankFailureError as e:
+        # Another process of a distributed run failed: say so in one line; that process printed the cause.
+        print(f"csfl-fabric: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("csfl-fabric: interrupted", file=sys.stderr)
         return 130

@@ -58,6 +58,7 @@ class TrainConfig:
     backend: str = "sequential"
     cohort_size: int = 64
     eval_batch_size: int = 1024
+    on_divergence: str = "skip"
 
 
 @dataclass
@@ -125,7 +126,7 @@ class MemoryConfig:
 
 @dataclass
 class CheckpointConfig:
-    """Checkpoint cadence (0 = only at the end... once checkpoints exist) and how many to keep."""
+    """Checkpoint cadence (every n rounds; 0 = only at the end) and how many checkpoints to keep."""
 
     every_n_rounds: int = 0
     keep: int = 2
@@ -140,17 +141,33 @@ class LoggingConfig:
     dir: str = "runs"
     run_name: str | None = None
     progress: bool = True
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CompareConfig:
+    """A comparison (`csfl-fabric compare`): methods x seeds x sweep points, paired by seed, and its report."""
+
+    methods: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    baseline: str | None = None
+    test: str = "ttest"
+    isolate: bool = False
+    format: str = "png"
 
 
 @dataclass
 class FabricConfig:
-    """Arguments passed to `lightning.fabric.Fabric`."""
+    """Arguments passed to `lightning.fabric.Fabric`, and the timeouts of a distributed run (`FederatedDDPStrategy`)."""
 
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
+    timeout_s: float = 300.0
+    startup_timeout_s: float = 600.0
 
 
 @dataclass
@@ -159,6 +176,7 @@ class Config:
 
     experiment: str = "default"
     seed: int = 0
+    resume: str = "never"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
@@ -169,6 +187,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     fabric: FabricConfig = field(default_factory=FabricConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 # Component sections: (path, key of the registry name, registry). Switching the name starts from that
@@ -184,10 +203,15 @@ _SHORTHAND_SECTIONS = ("data.partition", "selector", "aggregator")
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("sgd", "adam"),
     "train.backend": ("sequential", "cohort"),
+    "train.on_divergence": ("skip", "abort"),
     "logging.wandb": ("offline", "online", "disabled"),
+    "resume": ("never", "auto"),
+    "fabric.strategy": ("auto", "ddp"),
     "systems.availability": ("always", "bernoulli", "trace"),
     "systems.trace_unit": ("round", "second"),
     "systems.deadline_policy": ("drop", "wait"),
+    "compare.test": ("ttest", "wilcoxon"),
+    "compare.format": ("png", "pdf", "svg"),
     "fabric.precision": ("32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"),
 }
 
@@ -362,6 +386,7 @@ def _schema_type(path: str) -> str:
 def validate(config: Config) -> None:
     """Check value ranges, choices and component names; raise one clear error for the first problem."""
     c = config
+    _at_least("seed", c.seed, 0)
     _at_least("data.num_clients", c.data.num_clients, 1)
     _at_least("rounds.num_rounds", c.rounds.num_rounds, 1)
     _at_least("rounds.eval_every", c.rounds.eval_every, 1)
@@ -391,6 +416,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"Expected `{key}` to be >= 0 but got {value}.")
     if c.train.clip_grad_norm is not None and c.train.clip_grad_norm <= 0:
         raise ConfigError(f"Expected `train.clip_grad_norm` to be > 0 or null but got {c.train.clip_grad_norm}.")
+    for key, value in (("fabric.timeout_s", c.fabric.timeout_s), ("fabric.startup_timeout_s",
+                                                                  c.fabric.startup_timeout_s)):
+        if not value > 0:
+            raise ConfigError(f"Expected `{key}` to be > 0 seconds but got {value}.")
     if not 0 < c.memory.ram_threshold <= 1:
         raise ConfigError(f"Expected `memory.ram_threshold` to be in (0, 1] but got {c.memory.ram_threshold}.")
     if c.rounds.target_accuracy is not None and not 0 < c.rounds.target_accuracy <= 1:
@@ -398,7 +427,7 @@ def validate(config: Config) -> None:
     _validate_systems(c.systems)
     for key, choices in CHOICES.items():
         section, _, leaf = key.partition(".")
-        value = getattr(getattr(c, section), leaf)
+        value = getattr(getattr(c, section), leaf) if leaf else getattr(c, section)
         if value not in choices:
             raise ConfigError(
                 f"Unknown value {value!r} for `{key}`. Valid choices (closest first): "

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from lightning.fabric.loggers.logger import Logger
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
 from csfl_fabric.state import Selection
@@ -21,6 +22,8 @@ WALL_PREFIX = "time/wall"
 
 class CSVMetricsLogger(Logger):
     """Writes one row per round to ``metrics.csv`` (deterministic) and ``timing.csv`` (wall-clock times).
+
+    As Lightning's own loggers, it writes from global rank 0 only; on other ranks its methods do nothing.
 
     Rows are appended and flushed every round, so a killed run keeps every finished round. When a
     new metric appears (evaluation every few rounds, a callback's key), the file is rewritten once
@@ -47,6 +50,7 @@ class CSVMetricsLogger(Logger):
         """The config is written by the orchestrator as config.yaml; nothing to do here."""
 
     @override
+    @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         row = {"round": step, **{k: v for k, v in metrics.items() if k != "round"}}
         wall = {k: v for k, v in row.items() if k.startswith(WALL_PREFIX)}
@@ -54,10 +58,12 @@ class CSVMetricsLogger(Logger):
         self._files["timing.csv"].append({"round": step, **wall})
 
     @override
+    @rank_zero_only
     def finalize(self, status: str) -> None:
         for f in self._files.values():
             f.close()
 
+    @rank_zero_only
     def truncate(self, num_rounds: int) -> None:
         """Keep only rows of rounds < ``num_rounds`` (used on resume, so rows are neither lost nor repeated)."""
         for f in self._files.values():
@@ -132,6 +138,8 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
 class WandbLogger(Logger):
     """Logs each round to W&B with ``round`` as the step metric; offline by default, never hangs.
 
+    Only global rank 0 logs (and starts W&B): on other ranks the logging methods do nothing.
+
     W&B is imported and initialised lazily on the first log. ``online`` with no network or no API
     key falls back to ``offline`` with one warning (short init timeout), so a run never waits ~100 s
     or dies for want of an account. Offline runs land in ``<run_dir>/wandb/`` for a later ``wandb sync``.
@@ -197,13 +205,16 @@ class WandbLogger(Logger):
         return run
 
     @override
+    @rank_zero_only
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         self.experiment.config.update(params, allow_val_change=True)
 
     @override
+    @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.experiment.log({**metrics, "round": step})
 
+    @rank_zero_only
     def log_selection(self, round_idx: int, selection: Selection, durations: np.ndarray,
                       status: tuple[str, ...]) -> None:
         """Keep one row per selected client for the ``select/clients`` table, logged once when the run ends.
@@ -217,6 +228,7 @@ class WandbLogger(Logger):
                    column(durations), status, strict=True)
         self.selection_rows.extend([round_idx, *row] for row in rows)
 
+    @rank_zero_only
     def set_summary(self, summary: dict[str, Any]) -> None:
         """Set run-level summary values (best accuracy, time to accuracy, ...)."""
         for k, v in summary.items():

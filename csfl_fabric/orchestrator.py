@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,13 @@ from lightning.fabric import Fabric
 from torch import Tensor
 
 from csfl_fabric.aggregation import Aggregator
-from csfl_fabric.data.store import ClientStore
+from csfl_fabric.data.store import ClientData, ClientStore
 from csfl_fabric.data.systems import RoundPlan, SystemModel
+from csfl_fabric.distributed import Ranks
+from csfl_fabric.errors import RunInterrupted
+from csfl_fabric.faults import ClientGuard
 from csfl_fabric.loggers import WandbLogger, write_json
+from csfl_fabric.rng import global_rng_state, set_global_rng_state
 from csfl_fabric.selection.base import ClientSelector, check_selection
 from csfl_fabric.state import ClientHistory, ClientResult, Feedback, Params, RunState, Selection, SelectionContext
 from csfl_fabric.telemetry import Participation, selection_metrics
@@ -51,6 +56,9 @@ class Orchestrator:
     `csfl_fabric.build`. Hooks go through ``fabric.call`` with keyword arguments only.
     """
 
+    #: Attributes whose ``state_dict()`` a checkpoint holds: a component added later registers here in one line.
+    STATEFUL: tuple[str, ...] = ("aggregator", "selector", "systems", "participation")
+
     def __init__(
         self,
         *,
@@ -66,6 +74,7 @@ class Orchestrator:
         selection_rng: np.random.Generator,
         systems: SystemModel,
         run_dir: Path | None = None,
+        guard: ClientGuard | None = None,
     ) -> None:
         self.fabric = fabric
         self.store = store
@@ -80,6 +89,8 @@ class Orchestrator:
         self.systems = systems
         self.participation = Participation(store.num_clients)
         self.run_dir = run_dir
+        self.guard = guard or ClientGuard()
+        self.ranks = Ranks(fabric)
         self.state = RunState(num_rounds=rounds.num_rounds, history=ClientHistory(store.num_samples))
         self.summary: dict[str, Any] = {}
         # The round's flattened client updates, kept by `_train` only for selectors with `needs_updates`.
@@ -93,20 +104,30 @@ class Orchestrator:
         self.fabric.call("on_run_start", state=state, orchestrator=self)
         try:
             while state.round < self.rounds.num_rounds and not state.should_stop:
+                self.guard.check_stop()
                 self._round(state)
                 state.round += 1
+                self.ranks.sync_stop(state)
             status = "success"
+        except RunInterrupted:
+            status = "interrupted"
+            raise
         finally:
             self.fabric.call("on_run_end", state=state, orchestrator=self)
             self.summary.update(rounds_completed=state.round, stop_reason=state.stop_reason, status=status,
                                 wall_seconds=time.perf_counter() - started, selector=self.selector_key,
                                 sim_total_s=self.systems.total_s, **self.participation.summary())
-            if self.run_dir is not None and self.fabric.global_rank == 0:
+            if self.run_dir is not None and self.is_writer:
                 write_json(self.run_dir / "summary.json", self.summary)
                 self.participation.write_csv(self.run_dir / "participation.csv")
             for logger in self.fabric.loggers:
                 logger.finalize(status)
         return state
+
+    @property
+    def is_writer(self) -> bool:
+        """True in the one process that writes the run directory, checkpoints included: global rank 0."""
+        return self.fabric.global_rank == 0
 
     def _round(self, state: RunState) -> None:
         r = state.round
@@ -151,23 +172,34 @@ class Orchestrator:
     def _train(self, selection: Selection, r: int) -> list[ClientResult]:
         state = self.state
         self.aggregator.reset(self.global_params)
-        results: list[ClientResult] = []
+        results: dict[int, ClientResult] = {}
         updates: dict[int, Tensor] | None = {} if self.selector.needs_updates else None
-        ids = selection.ids.tolist()
-        # Lazy: the sequential trainer trains a client when its item is drawn, the cohort trainer a chunk at a time.
-        fitted = self.trainer.fit_many(self.global_params, [self.store.client(c, r) for c in ids])
-        for i, client_id in enumerate(ids):
+        # This rank's share of the cohort (all of it in one process), as positions in the selection.
+        share = list(self.ranks.share(selection, self.store.num_samples))
+        # Lazy: the sequential trainer trains a client when it is drawn, the cohort trainer a chunk at a time.
+        drawn = _Drawn(self.trainer.fit_many(self.global_params,
+                                             [self.store.client(int(selection.ids[i]), r) for i in share]))
+        for i in share:
+            client_id = int(selection.ids[i])
+            self.guard.check_stop()  # a signal stops the run between clients, never inside one
             self.fabric.call("on_client_start", state=state, client_id=client_id)
-            params, result = next(fitted)
+            fitted = self.guard.fit(drawn, self.global_params, self.store.client(client_id, r), r)  # type: ignore[arg-type]
+            if fitted is None:
+                continue  # failed or diverged: left out of the aggregate, counted by the guard
+            params, result = fitted
             if updates is not None:
                 updates[client_id] = flat_update(params, self.global_params)
             weight = float(selection.weights[i]) if selection.weights is not None else float(result.num_samples)
             self.aggregator.update(params, weight)
             del params  # views of the reused model: only the running sum survives the client
-            results.append(result)
+            results[i] = result
             self.fabric.call("on_client_end", state=state, client_id=client_id, result=result)
         self._updates = updates
-        return results
+        # Sum the ranks' running sums; every rank gets every client's result (and update), in selection order.
+        combined = self.ranks.combine(self.aggregator, results, selection, r, updates)
+        # After combining, so that every rank sees the same usable count and raises (or not) together.
+        state.metrics.update(self.guard.end_round(r, len(selection.ids), len(combined)))
+        return combined
 
     def _context(self, r: int) -> SelectionContext:
         return SelectionContext(
@@ -189,7 +221,7 @@ class Orchestrator:
         return selection
 
     def _log_selection(self, r: int, selection: Selection, plan: RoundPlan) -> None:
-        for logger in self.fabric.loggers if self.fabric.global_rank == 0 else ():
+        for logger in self.fabric.loggers if self.is_writer else ():
             if isinstance(logger, WandbLogger):
                 logger.log_selection(r, selection, plan.durations, plan.status)
 
@@ -218,3 +250,67 @@ class Orchestrator:
         if target is not None and acc >= target and "rounds_to_target" not in s:
             s["rounds_to_target"] = r + 1
             s["sim_seconds_to_target"] = self.systems.total_s
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to go on bit for bit; meaningful between rounds.
+
+        Global params, per-client history, the selection generator, the summary, every `STATEFUL`
+        component, every callback with a ``state_dict`` and the global RNGs. ``round`` is also the
+        number of rows of ``metrics.csv`` that belong to this state.
+        """
+        return {
+            "round": self.state.round,
+            "global_params": {k: v.detach().cpu().clone() for k, v in self.global_params.items()},
+            "history": self.state.history.state_dict(),  # type: ignore[union-attr]
+            "selection_rng": copy.deepcopy(self.selection_rng.bit_generator.state),
+            "summary": copy.deepcopy(self.summary),
+            "components": {name: getattr(self, name).state_dict() for name in self.STATEFUL
+                           if getattr(self, name, None) is not None},
+            "callbacks": {key: cb.state_dict() for key, cb in self._stateful_callbacks()},
+            "rng": global_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (the next `run` continues from ``state["round"]``)."""
+        self.state.round = int(state["round"])
+        self.global_params = {k: v.to(self.fabric.device) for k, v in state["global_params"].items()}
+        self.state.history.load_state_dict(state["history"])  # type: ignore[union-attr]
+        self.selection_rng.bit_generator.state = state["selection_rng"]
+        self.summary = copy.deepcopy(state["summary"])
+        for name, sub in state["components"].items():
+            getattr(self, name).load_state_dict(sub)
+        callbacks = dict(self._stateful_callbacks())
+        for key, sub in state["callbacks"].items():
+            if key in callbacks:
+                callbacks[key].load_state_dict(sub)
+        set_global_rng_state(state["rng"])
+
+    def _stateful_callbacks(self) -> list[tuple[str, Any]]:
+        # Keyed by class name (and rank among callbacks of that class), not position: turning the progress bar
+        # on or off between a run and its resume must not shift the keys.
+        seen: dict[str, int] = {}
+        keyed = []
+        for cb in self.fabric._callbacks:  # Fabric keeps them privately; it has no public accessor
+            if hasattr(cb, "state_dict"):
+                name = type(cb).__name__
+                seen[name] = seen.get(name, 0) + 1
+                keyed.append((name if seen[name] == 1 else f"{name}#{seen[name]}", cb))
+        return keyed
+
+
+class _Drawn:
+    """``fit`` that draws the next item of a trainer's ``fit_many``, so the fault guard wraps either backend.
+
+    An exception inside a cohort chunk ends the iterator: that client and every later one of the round
+    are then reported as failed by the guard.
+    """
+
+    def __init__(self, fitted: Iterator[tuple[Params, ClientResult]]) -> None:
+        self._fitted = fitted
+
+    def fit(self, global_params: Params, client: ClientData) -> tuple[Params, ClientResult]:
+        """The next trained client, which must be ``client``."""
+        params, result = next(self._fitted)
+        if result.client_id != client.client_id:
+            raise RuntimeError(f"Expected client {client.client_id} from the trainer but got {result.client_id}.")
+        return params, result

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric import Fabric
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 
 from csfl_fabric.data.store import ClientData
 from csfl_fabric.state import ClientResult, Params
@@ -67,8 +73,13 @@ class ClientTrainer:
         self._tensors = [t for t in state.values()]
         self._params = [p for p in self.model.parameters()]
         self._param_keys = [k for k, t in state.items() if isinstance(t, nn.Parameter)]
-        metrics = {"acc": MulticlassAccuracy(num_classes), "f1": MulticlassF1Score(num_classes, average="macro")}
-        self._metrics = {k: m.to(fabric.device) for k, m in metrics.items()}
+        # Every rank evaluates the whole test set itself: torchmetrics must not add up the ranks' states.
+        metrics = {"acc": MulticlassAccuracy(num_classes, average="micro", sync_on_compute=False),
+                   "f1": MulticlassF1Score(num_classes, average="macro", sync_on_compute=False),
+                   "precision": MulticlassPrecision(num_classes, average="macro", sync_on_compute=False),
+                   "recall": MulticlassRecall(num_classes, average="macro", sync_on_compute=False)}
+        # One collection: metrics with the same state (all four count per-class stats) share one update per batch.
+        self._metrics = MetricCollection(metrics, compute_groups=True).to(fabric.device)
 
     def global_params(self) -> Params:
         """A detached copy of the model's current weights and buffers."""
@@ -129,28 +140,27 @@ class ClientTrainer:
     def fit_many(self, global_params: Params, clients: Iterable[ClientData]) -> Iterator[tuple[Params, ClientResult]]:
         """`fit` each of ``clients`` from ``global_params`` in order, lazily: a client trains when its item is drawn.
 
-        Each yielded params is valid until the next item is drawn (fold it into the aggregate at once).
+        Each yielded params is valid until the next item is drawn (fold it into the aggregate at once). A client
+        whose training raises consumes its item; the next one trains normally (the fault guard relies on that).
         The cohort backend implements the same method by training chunks of clients together.
         """
-        for client in clients:
-            yield self.fit(global_params, client)
+        return _EachClient(self.fit, global_params, iter(clients))
 
     @torch.inference_mode()
     def evaluate(self, params: Params, x: Tensor, y: Tensor) -> dict[str, float]:
-        """Accuracy, mean loss and macro-F1 of ``params`` on ``(x, y)``."""
+        """Accuracy, mean loss, macro-F1, macro precision and macro recall of ``params`` on ``(x, y)``."""
         self.load(params)
         self.model.module.eval()
-        for m in self._metrics.values():
-            m.reset()
+        self._metrics.reset()
         loss_sum = torch.zeros((), device=self.fabric.device)
         for start in range(0, len(y), self.settings.eval_batch_size):
             xb, yb = x[start : start + self.settings.eval_batch_size], y[start : start + self.settings.eval_batch_size]
             logits = self.model(xb).float()
             loss_sum += F.cross_entropy(logits, yb, reduction="sum")
-            for m in self._metrics.values():
-                m.update(logits, yb)
-        values = torch.stack([loss_sum / max(len(y), 1), *(m.compute() for m in self._metrics.values())]).tolist()
-        return {"eval/loss": values[0], "eval/acc": values[1], "eval/f1": values[2]}
+            self._metrics.update(logits, yb)
+        computed = self._metrics.compute()
+        values = torch.stack([loss_sum / max(len(y), 1), *computed.values()]).tolist()
+        return {"eval/loss": values[0], **{f"eval/{k}": v for k, v in zip(computed, values[1:], strict=True)}}
 
     @torch.inference_mode()
     def losses(self, params: Params, clients: Sequence[ClientData], batch_size: int | None = None) -> np.ndarray:
@@ -184,3 +194,17 @@ def _sum_and_square_sum(losses: list[Tensor]) -> tuple[float, float]:
     flat = torch.cat(losses) if len(losses) > 1 else losses[0]
     total, squares = torch.stack([flat.sum(), flat.square().sum()]).tolist()
     return total, squares
+
+
+class _EachClient:
+    """An iterator that trains the next client when drawn and, unlike a generator, survives a client's exception."""
+
+    def __init__(self, fit: Callable[[Params, ClientData], tuple[Params, ClientResult]], global_params: Params,
+                 clients: Iterator[ClientData]) -> None:
+        self._fit, self._global, self._clients = fit, global_params, clients
+
+    def __iter__(self) -> _EachClient:
+        return self
+
+    def __next__(self) -> tuple[Params, ClientResult]:
+        return self._fit(self._global, next(self._clients))

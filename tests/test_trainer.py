@@ -74,7 +74,7 @@ def test_evaluate_and_probe_losses(optimizer: str) -> None:
     params, _ = trainer.fit(start, store.client(0, 0))
     trained = {k: v.clone() for k, v in params.items()}
     after = trainer.evaluate(trained, x, y)
-    assert set(before) == {"eval/acc", "eval/loss", "eval/f1"}
+    assert set(before) == {"eval/acc", "eval/loss", "eval/f1", "eval/precision", "eval/recall"}
     assert after["eval/loss"] < before["eval/loss"]
     losses = trainer.losses(trained, [store.client(0, 0), store.client(1, 0)])
     assert losses.shape == (2,)

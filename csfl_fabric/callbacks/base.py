@@ -38,7 +38,7 @@ class Callback:
         """Called before a selected client trains."""
 
     def on_client_end(self, state: Any, client_id: int, result: Any) -> None:
-        """Called after a client trained and its params were folded into the aggregate."""
+        """Called after a client trained and its params were folded into the aggregate (not for a failed client)."""
 
     def on_round_end(self, state: Any, metrics: dict[str, float], orchestrator: Any) -> None:
         """Called after aggregation and evaluation; add to ``metrics`` here, before they are logged."""

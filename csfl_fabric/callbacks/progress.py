@@ -18,8 +18,10 @@ class RichProgress(Callback):
         self._task: Any = None
         self._acc = float("nan")
 
-    def on_run_start(self, state: Any) -> None:
-        """Start the bar (at the resumed round, after a resume)."""
+    def on_run_start(self, state: Any, orchestrator: Any) -> None:
+        """Start the bar (at the resumed round, after a resume); in a distributed run, on global rank 0 only."""
+        if orchestrator.fabric.global_rank != 0:
+            return
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("<"), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), transient=False,

@@ -1,0 +1,154 @@
+"""`StudyMetrics`: per-round fairness and cost metrics and the per-run study summary of a selection study."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from csfl_fabric.callbacks.base import Callback
+from csfl_fabric.loggers import read_metrics, write_json
+from csfl_fabric.metrics import gini, label_coverage, normalized_entropy, participation_variance, summarize
+
+#: Backward costs about twice the forward, so a training step is ~3x the forward FLOPs (Kaplan et al. 2020).
+TRAIN_FLOPS_PER_FORWARD = 3
+
+
+def forward_flops_per_sample(model: nn.Module, sample: torch.Tensor) -> int:
+    """FLOPs of one forward pass on one sample, counted by `torch.utils.flop_counter` (eval mode, no grad)."""
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(sample[:1])
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def params_bytes(params: dict[str, torch.Tensor]) -> int:
+    """Bytes of a model's weights and buffers: what one client downloads and uploads per round."""
+    return sum(t.numel() * t.element_size() for t in params.values())
+
+
+class StudyMetrics(Callback):
+    """Adds the metrics a selection study reports, per round to ``metrics.csv`` and per run to ``summary.json``.
+
+    Per round: ``fair/participation_{var,gini,entropy}`` over every client's selection count so far,
+    ``fair/label_coverage`` of the round's cohort, ``cost/bytes_{down,up}`` (model bytes x clients sent the
+    model / that returned it), ``cost/flops`` (3 x forward FLOPs per sample x samples processed) and their
+    cumulative ``*_total``. The round's selection goes to ``selection.csv``.
+    At the end `csfl_fabric.metrics.summarize` adds time to accuracy, area under the curve and gain per hour
+    to the summary, which is also set as the W&B run summary.
+
+    Everything is rebuilt from the run directory on a resume, so a resumed run continues the same totals.
+    """
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.totals = {"cost/bytes_down_total": 0.0, "cost/bytes_up_total": 0.0, "cost/flops_total": 0.0}
+        self.info: dict[str, float] = {}
+        self._present = np.zeros((0, 0), dtype=bool)
+        self._cohort: list[int] = []
+        self._samples = self._returned = 0
+        self._writes = False
+
+    def on_run_start(self, state: Any, orchestrator: Any) -> None:
+        """Measure the model once (bytes, FLOPs, initial accuracy) and restore totals on a resume."""
+        store, run_dir = orchestrator.store, orchestrator.run_dir
+        # Every rank computes the same metrics; only rank 0 writes files, like the loggers.
+        self._writes = run_dir is not None and orchestrator.fabric.global_rank == 0
+        y = store.y.cpu()
+        classes = torch.unique(y)
+        self._present = np.stack([torch.isin(classes, y[store.client(c, 0).indices.cpu()]).numpy()
+                                  for c in range(store.num_clients)])
+        self.counts = np.zeros(store.num_clients, dtype=np.int64)
+        info_path = run_dir / "study.json" if run_dir is not None else None
+        if info_path is not None and info_path.exists() and state.round > 0:
+            self.info = json.loads(info_path.read_text())
+            self._restore(run_dir, state.round)
+            return
+        initial = orchestrator.trainer.evaluate(orchestrator.global_params, *orchestrator.test_data)
+        self.info = {"initial_acc": initial["eval/acc"], "model_bytes": params_bytes(orchestrator.global_params),
+                     "forward_flops_per_sample": forward_flops_per_sample(orchestrator.trainer.model.module,
+                                                                          store.x[:1])}
+        if info_path is not None and self._writes:
+            info_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(info_path, self.info)
+            (run_dir / "selection.csv").write_text("round,client_ids\n")
+
+    def _restore(self, run_dir: Path, start_round: int) -> None:
+        rows = [r for r in read_selection(run_dir) if r[0] < start_round]
+        if self._writes:
+            _write_selection(run_dir, rows)
+        for _, ids in rows:
+            np.add.at(self.counts, ids, 1)
+        done = [r for r in read_metrics(run_dir) if r["round"] < start_round] if (run_dir / "metrics.csv").exists() \
+            else []
+        if done:
+            self.totals = {k: done[-1].get(k, 0.0) for k in self.totals}
+
+    def on_selection(self, state: Any, selection: Any) -> None:
+        """Count the cohort's participation."""
+        self._cohort = [int(c) for c in selection.ids]
+        np.add.at(self.counts, self._cohort, 1)
+        self._samples = self._returned = 0
+
+    def on_client_end(self, state: Any, client_id: int, result: Any) -> None:
+        """Count what a client processed and sent back."""
+        self._samples += int(result.samples_processed)
+        self._returned += 1
+
+    def on_round_end(self, state: Any, metrics: dict[str, float], orchestrator: Any) -> None:
+        """Add the round's fairness and cost metrics and append the selection to ``selection.csv``."""
+        size, flops = float(self.info["model_bytes"]), float(self.info["forward_flops_per_sample"])
+        per_round = {"cost/bytes_down": size * len(self._cohort), "cost/bytes_up": size * self._returned,
+                     "cost/flops": TRAIN_FLOPS_PER_FORWARD * flops * self._samples}
+        for key, value in per_round.items():
+            self.totals[f"{key}_total"] += value
+        metrics.update({
+            "fair/participation_var": participation_variance(self.counts),
+            "fair/participation_gini": gini(self.counts),
+            "fair/participation_entropy": normalized_entropy(self.counts),
+            "fair/label_coverage": label_coverage(self._present, self._cohort),
+            **per_round, **self.totals,
+        })
+        if self._writes:
+            with (orchestrator.run_dir / "selection.csv").open("a") as fh:
+                fh.write(f"{state.round},{' '.join(map(str, self._cohort))}\n")
+
+    def on_run_end(self, state: Any, orchestrator: Any) -> None:
+        """Add the study summary to the run summary and set it as the W&B run summary."""
+        run_dir = orchestrator.run_dir
+        if run_dir is None or not (run_dir / "metrics.csv").exists() or not self.info:
+            return
+        summary = summarize(read_metrics(run_dir), self.info["initial_acc"], orchestrator.rounds.target_accuracy)
+        orchestrator.summary.update({k: v for k, v in summary.items() if not _is_nan(v)})
+        for logger in orchestrator.fabric.loggers:
+            if hasattr(logger, "set_summary"):
+                logger.set_summary({k: v for k, v in orchestrator.summary.items() if isinstance(v, (int, float))})
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def read_selection(run_dir: Path) -> list[tuple[int, list[int]]]:
+    """The rows of a run's ``selection.csv``: ``(round, selected client ids)``."""
+    path = run_dir / "selection.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return [(int(r["round"]), [int(c) for c in r["client_ids"].split()]) for r in csv.DictReader(fh)]
+
+
+def _write_selection(run_dir: Path, rows: list[tuple[int, list[int]]]) -> None:
+    lines = [f"{r},{' '.join(map(str, ids))}\n" for r, ids in rows]
+    (run_dir / "selection.csv").write_text("round,client_ids\n" + "".join(lines))
+

@@ -1,0 +1,207 @@
+"""Comparisons: methods x seeds (x sweep points), paired by seed, resumable, then a report.
+
+Every run of one seed shares the partition, the data order and the initial model, because those are drawn
+from named streams of the seed alone (`csfl_fabric.build.stream`); only the selector differs. Runs go to
+fixed directories ``runs/<experiment>/<method>[-<key>=<value>...]-seed<k>/``, so rerunning the same
+comparison skips finished runs and redoes (or resumes) unfinished ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from csfl_fabric.config import Config, load_config, to_dict, to_yaml
+from csfl_fabric.errors import ConfigError
+from csfl_fabric.report import Report, build_report
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a comparison.
+
+    Attributes:
+        method: the selector's registry key.
+        seed: the run's seed (pairs runs across methods).
+        point: the sweep assignments of this run as ``key=value`` strings (empty without a sweep).
+        run_dir: the run's fixed directory.
+        config: the run's resolved config.
+    """
+
+    method: str
+    seed: int
+    point: tuple[str, ...]
+    run_dir: Path
+    config: Config = field(compare=False, repr=False)
+
+
+@dataclass
+class ComparisonResult:
+    """What `compare` did: each run with what happened to it (``ran``, ``skipped``, ``resumed``, ``restarted``)."""
+
+    experiment_dir: Path
+    runs: list[tuple[RunSpec, str]]
+    report: Report
+
+
+def cleanup_between_runs() -> None:
+    """Free what the previous run left behind before the next one starts in the same process."""
+    # Until csfl_fabric.callbacks.memory (issue 3) lands, a full collection is the cleanup; redirect it there.
+    gc.collect()
+
+
+def can_resume(run_dir: Path) -> bool:
+    """Whether an unfinished run can continue: the config has ``resume`` and the run left a checkpoint.
+
+    Otherwise the run restarts from scratch in the same directory.
+    """
+    has_key = "resume" in {f.name for f in dataclasses.fields(Config)}
+    return has_key and any((run_dir / "checkpoints").glob("*"))
+
+
+def parse_sweep(items: Sequence[str]) -> dict[str, list[str]]:
+    """Parse ``key=v1,v2`` strings into ``{key: [v1, v2]}``.
+
+    >>> parse_sweep(["train.lr=0.01,0.05", "seed=1"])
+    {'train.lr': ['0.01', '0.05'], 'seed': ['1']}
+    """
+    out: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise ConfigError(f"Sweep `{item}` is not of the form key=v1,v2 (e.g. train.lr=0.01,0.05).")
+        out[key] = values.split(",")
+    return out
+
+
+def plan(
+    config: str | Path | Mapping[str, Any] | Config,
+    overrides: Sequence[str] = (),
+    methods: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    sweep: Mapping[str, Sequence[Any]] | None = None,
+) -> tuple[Config, list[RunSpec]]:
+    """Resolve every run of a comparison (validating each config before anything runs).
+
+    Arguments given here win over the config's ``compare:`` block; without methods the config's selector is
+    the only method. Returns the base config and the runs, sweep point by sweep point, seed by seed.
+    """
+    source = to_dict(config) if isinstance(config, Config) else config
+    base = load_config(source, overrides)
+    methods = list(methods or base.compare.methods or [base.selector.name])
+    seeds = list(seeds if seeds is not None else base.compare.seeds)
+    grid = {**base.compare.sweep, **(sweep or {})}
+    if not seeds:
+        raise ConfigError("Expected at least one seed in `compare.seeds` (or --seeds) but got none.")
+    exp_dir = Path(base.logging.dir) / base.experiment
+    points = [tuple(f"{k}={v}" for k, v in zip(grid, vs, strict=True)) for vs in itertools.product(*grid.values())]
+    specs = []
+    for point, seed, method in itertools.product(points, seeds, methods):
+        cfg = load_config(source, [*overrides, *point, f"selector.name={method}", f"seed={seed}"])
+        name = "-".join([method, *point, f"seed{seed}"])
+        cfg.logging.run_name = name
+        cfg.logging.tags = [method, f"seed{seed}", *point]
+        specs.append(RunSpec(method=method, seed=seed, point=point, run_dir=exp_dir / name, config=cfg))
+    return base, specs
+
+
+def run_status(run_dir: Path) -> str:
+    """``success`` (summary.json says so), ``unfinished`` (a non-empty directory) or ``new``."""
+    summary = run_dir / "summary.json"
+    if summary.exists() and json.loads(summary.read_text()).get("status") == "success":
+        return "success"
+    return "unfinished" if run_dir.exists() and any(run_dir.iterdir()) else "new"
+
+
+def compare(
+    config: str | Path | Mapping[str, Any] | Config,
+    methods: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    overrides: Sequence[str] = (),
+    sweep: Mapping[str, Sequence[Any]] | None = None,
+    isolate: bool | None = None,
+    baseline: str | None = None,
+    test: str | None = None,
+    fmt: str | None = None,
+) -> ComparisonResult:
+    """Run every method x seed (x sweep point) on paired data, then write the report.
+
+    Args:
+        config: a YAML path, a nested dict or a `Config`; its ``compare:`` block gives defaults.
+        methods: selector keys; default ``compare.methods``, else the config's selector.
+        seeds: default ``compare.seeds``.
+        overrides: ``key=value`` strings applied to every run.
+        sweep: ``{key: [values]}``; the cartesian product of the values, each point its own run directories.
+        isolate: run each in its own subprocess (only registered selectors exist there); default ``compare.isolate``.
+        baseline: the method the others are tested against; default ``compare.baseline``, else the first method.
+        test: ``ttest`` or ``wilcoxon`` (paired over seeds, Holm-corrected); default ``compare.test``.
+        fmt: plot format ``png``, ``pdf`` or ``svg``; default ``compare.format``.
+
+    Finished runs (``summary.json`` with status ``success``) are skipped; unfinished ones resume from their
+    checkpoint when checkpoints exist (``resume=auto``) and otherwise restart in the same directory. A run
+    that fails stops the comparison; rerunning it continues from there.
+
+    Raises:
+        ConfigError: a bad config, override, sweep or baseline, before any run starts.
+    """
+    base, specs = plan(config, overrides, methods, seeds, sweep)
+    c = base.compare
+    baseline = baseline or c.baseline or specs[0].method
+    if baseline not in {s.method for s in specs}:
+        # Checked before the runs, not after hours of them.
+        raise ConfigError(f"Expected the baseline to be one of the methods {sorted({s.method for s in specs})} "
+                          f"but got `{baseline}`.")
+    isolate = c.isolate if isolate is None else isolate
+    done: list[tuple[RunSpec, str]] = []
+    for spec in specs:
+        status = run_status(spec.run_dir)
+        if status == "success":
+            done.append((spec, "skipped"))
+            continue
+        cfg = spec.config
+        resumable = status == "unfinished" and can_resume(spec.run_dir)
+        if resumable:
+            cfg = dataclasses.replace(cfg, resume="auto")  # type: ignore[call-arg]
+        elif status == "unfinished":
+            shutil.rmtree(spec.run_dir)
+        if isolate:
+            _run_isolated(cfg, spec.run_dir)
+        else:
+            _run_in_process(cfg, spec.run_dir)
+        done.append((spec, "resumed" if resumable else {"new": "ran", "unfinished": "restarted"}[status]))
+    exp_dir = Path(base.logging.dir) / base.experiment
+    report = build_report(exp_dir, baseline=baseline, test=test or c.test, fmt=fmt or c.format,
+                          only=[s.run_dir for s in specs])
+    return ComparisonResult(experiment_dir=exp_dir, runs=done, report=report)
+
+
+def _run_in_process(cfg: Config, run_dir: Path) -> None:
+    from csfl_fabric.api import run
+
+    try:
+        run(cfg, run_dir=run_dir)
+    finally:
+        cleanup_between_runs()
+
+
+def _run_isolated(cfg: Config, run_dir: Path) -> None:
+    # The resolved config travels as a YAML file; the child gets the exact same Config back.
+    spec_dir = run_dir.parent / ".compare"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    path = spec_dir / f"{run_dir.name}.yaml"
+    path.write_text(to_yaml(cfg))
+    cmd = [sys.executable, "-m", "csfl_fabric", "run", str(path), "--run-dir", str(run_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"Run `{run_dir.name}` failed in its subprocess (exit {proc.returncode}): "
+                           + " | ".join(tail))
