@@ -5,7 +5,9 @@ No Fabric, no callbacks, no logging: one reused model, weights copied in, SGD, a
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -14,17 +16,25 @@ from torch import Tensor, nn
 
 
 def bare_fedavg(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray], *, rounds: int, per_round: int,
-                batch_size: int, lr: float, seed: int = 0) -> list[float]:
-    """Run ``rounds`` rounds of FedAvg (1 local epoch, SGD) and return the seconds of each round."""
-    rng = np.random.default_rng(seed)
-    idx = [torch.as_tensor(p, dtype=torch.long) for p in parts]
+                batch_size: int, lr: float, seed: int = 0, autocast: bool = False,
+                rng: np.random.Generator | None = None, clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Run ``rounds`` rounds of FedAvg (1 local epoch, SGD) and return the seconds of each round.
+
+    Runs on ``x``'s device (``model`` must be there too); ``autocast`` runs the forward in bfloat16 autocast.
+    ``rng`` draws the clients of each round: pass csfl_fabric's selection stream to train the same clients
+    as `heuristic.random` (per-round cost depends on the sizes of the chosen clients). ``clock`` reads the time
+    (``time.process_time`` counts only this process's CPU time, robust on a machine shared with others).
+    """
+    rng = rng if rng is not None else np.random.default_rng(seed)
+    device = x.device
+    idx = [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts]
     tensors = list(model.state_dict(keep_vars=True).values())
     global_w = [t.detach().clone() for t in tensors]
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     times = []
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = clock()
         chosen = rng.choice(len(parts), size=per_round, replace=False)
         acc = [torch.zeros_like(t, dtype=torch.float32) for t in global_w]
         total = 0.0
@@ -32,10 +42,12 @@ def bare_fedavg(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray],
             with torch.no_grad():
                 torch._foreach_copy_(tensors, global_w)
             client = idx[c]
-            perm = client[torch.randperm(len(client), generator=gen)]
+            perm = client[torch.randperm(len(client), generator=gen).to(device)]
             for b in range(0, len(perm), batch_size):
                 batch = perm[b : b + batch_size]
-                loss = F.cross_entropy(model(x.index_select(0, batch)), y.index_select(0, batch))
+                with torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+                    logits = model(x.index_select(0, batch))
+                loss = F.cross_entropy(logits.float(), y.index_select(0, batch))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -43,5 +55,7 @@ def bare_fedavg(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray],
                 torch._foreach_add_(acc, [t.detach().float() for t in tensors], alpha=float(len(client)))
             total += len(client)
         global_w = [a / total for a in acc]
-        times.append(time.perf_counter() - start)
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # kernels run asynchronously: the round ends when they have
+        times.append(clock() - start)
     return times

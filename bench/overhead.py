@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bare import bare_fedavg  # noqa: E402
 
-from csfl_fabric.build import build_run  # noqa: E402
+from csfl_fabric.build import build_run, stream  # noqa: E402
 from csfl_fabric.config import load_config  # noqa: E402
 from csfl_fabric.registry import MODELS  # noqa: E402
 
@@ -61,7 +61,7 @@ def bare_round_times(rounds: int) -> list[float]:
     torch.manual_seed(0)
     model = MODELS.build("cnn", input_shape=dataset.input_shape, num_classes=dataset.num_classes)
     return bare_fedavg(model, dataset.x_train, dataset.y_train, parts, rounds=rounds, per_round=10,
-                       batch_size=16, lr=0.05)
+                       batch_size=16, lr=0.05, rng=stream(cfg.seed, "selection"))
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from csfl_fabric.callbacks.checkpoint import Checkpoint
 from csfl_fabric.callbacks.memory import EmptyCudaCache, GarbageCollect, MemoryMonitor, MemoryPolicies, RamGuard
 from csfl_fabric.callbacks.progress import RichProgress
 from csfl_fabric.callbacks.study import StudyMetrics
+from csfl_fabric.cohort import CohortTrainer
 from csfl_fabric.config import Config, MemoryConfig, to_dict
 from csfl_fabric.data import systems
 from csfl_fabric.data.datasets import FederatedDataset
@@ -163,7 +164,8 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
     settings = TrainSettings(local_epochs=t.local_epochs, local_steps=t.local_steps, batch_size=t.batch_size, lr=t.lr,
                              optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay, mu=t.mu,
                              clip_grad_norm=t.clip_grad_norm, eval_batch_size=t.eval_batch_size)
-    trainer = ClientTrainer(fabric, model, settings, dataset.num_classes)
+    trainer = (CohortTrainer(fabric, model, settings, dataset.num_classes, cohort_size=t.cohort_size)
+               if t.backend == "cohort" else ClientTrainer(fabric, model, settings, dataset.num_classes))
     global_params = trainer.global_params()
     model_bytes = sum(p.numel() * p.element_size() for p in global_params.values())
     # Rank 0's run directory for all (another rank may have looked after rank 0 made it, and picked a new name).

@@ -61,6 +61,7 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     num_threads: int = 1
     backend: str = "sequential"
+    cohort_size: int = 64
     eval_batch_size: int = 1024
     on_divergence: str = "skip"
 
@@ -401,6 +402,7 @@ def validate(config: Config) -> None:
     _at_least("train.batch_size", c.train.batch_size, 1)
     _at_least("train.eval_batch_size", c.train.eval_batch_size, 1)
     _at_least("train.num_threads", c.train.num_threads, 1)
+    _at_least("train.cohort_size", c.train.cohort_size, 1)
     _at_least("fabric.devices", c.fabric.devices, 1)
     _at_least("fabric.num_nodes", c.fabric.num_nodes, 1)
     _at_least("memory.gc_every", c.memory.gc_every, 0)

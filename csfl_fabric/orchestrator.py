@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from lightning.fabric import Fabric
 from torch import Tensor
 
 from csfl_fabric.aggregation import Aggregator
-from csfl_fabric.data.store import ClientStore
+from csfl_fabric.data.store import ClientData, ClientStore
 from csfl_fabric.data.systems import RoundPlan, SystemModel
 from csfl_fabric.distributed import Ranks
 from csfl_fabric.errors import RunInterrupted
@@ -175,11 +175,15 @@ class Orchestrator:
         results: dict[int, ClientResult] = {}
         updates: dict[int, Tensor] | None = {} if self.selector.needs_updates else None
         # This rank's share of the cohort (all of it in one process), as positions in the selection.
-        for i in self.ranks.share(selection, self.store.num_samples):
+        share = list(self.ranks.share(selection, self.store.num_samples))
+        # Lazy: the sequential trainer trains a client when it is drawn, the cohort trainer a chunk at a time.
+        drawn = _Drawn(self.trainer.fit_many(self.global_params,
+                                             [self.store.client(int(selection.ids[i]), r) for i in share]))
+        for i in share:
             client_id = int(selection.ids[i])
             self.guard.check_stop()  # a signal stops the run between clients, never inside one
             self.fabric.call("on_client_start", state=state, client_id=client_id)
-            fitted = self.guard.fit(self.trainer, self.global_params, self.store.client(client_id, r), r)
+            fitted = self.guard.fit(drawn, self.global_params, self.store.client(client_id, r), r)  # type: ignore[arg-type]
             if fitted is None:
                 continue  # failed or diverged: left out of the aggregate, counted by the guard
             params, result = fitted
@@ -292,3 +296,21 @@ class Orchestrator:
                 seen[name] = seen.get(name, 0) + 1
                 keyed.append((name if seen[name] == 1 else f"{name}#{seen[name]}", cb))
         return keyed
+
+
+class _Drawn:
+    """``fit`` that draws the next item of a trainer's ``fit_many``, so the fault guard wraps either backend.
+
+    An exception inside a cohort chunk ends the iterator: that client and every later one of the round
+    are then reported as failed by the guard.
+    """
+
+    def __init__(self, fitted: Iterator[tuple[Params, ClientResult]]) -> None:
+        self._fitted = fitted
+
+    def fit(self, global_params: Params, client: ClientData) -> tuple[Params, ClientResult]:
+        """The next trained client, which must be ``client``."""
+        params, result = next(self._fitted)
+        if result.client_id != client.client_id:
+            raise RuntimeError(f"Expected client {client.client_id} from the trainer but got {result.client_id}.")
+        return params, result

@@ -158,3 +158,10 @@ def test_dataloader_mode_with_worker_processes_gives_the_same_batches() -> None:
 def test_unknown_loader_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="`loader`"):
         ClientStore(torch.zeros(2), torch.zeros(2, dtype=torch.int64), [np.array([0, 1])], seed=0, loader="disk")
+
+
+def test_batch_indices_are_the_rows_of_batches() -> None:
+    client = _store().client(1, round_idx=4)
+    rows = [idx.tolist() for idx in client.batch_indices(3, epochs=2)]
+    assert rows == _ids(list(client.batches(3, epochs=2)))  # row i holds label i
+    assert len(rows) == 6  # ceil(8 / 3) batches x 2 epochs

@@ -40,6 +40,15 @@ def _client_seed(seed: int, round_idx: int, client_id: int) -> int:
     return _splitmix64(_splitmix64(_splitmix64(seed) ^ round_idx) ^ client_id) >> 1
 
 
+def _check_batch_args(batch_size: int, epochs: int, steps: int | None) -> None:
+    if batch_size < 1:
+        raise ValueError(f"Expected `batch_size` >= 1 but got {batch_size}.")
+    if steps is not None and steps < 0:
+        raise ValueError(f"Expected `steps` >= 0 or None but got {steps}.")
+    if epochs < 0:
+        raise ValueError(f"Expected `epochs` >= 0 but got {epochs}.")
+
+
 @dataclass(frozen=True, eq=False)
 class ClientData:
     """One client's view of the store in one round: shared tensors plus the client's indices.
@@ -77,17 +86,21 @@ class ClientData:
         Yields:
             Batches of inputs and labels on the store's device. A client with no samples yields nothing.
         """
-        if batch_size < 1:
-            raise ValueError(f"Expected `batch_size` >= 1 but got {batch_size}.")
-        if steps is not None and steps < 0:
-            raise ValueError(f"Expected `steps` >= 0 or None but got {steps}.")
-        if epochs < 0:
-            raise ValueError(f"Expected `epochs` >= 0 but got {epochs}.")
+        _check_batch_args(batch_size, epochs, steps)
         if self.loader is not None:
             yield from self.loader().batches(self.seed, batch_size, epochs, steps)
             return
-        for idx in batch_indices(self.indices, self.seed, batch_size, epochs, steps):
+        for idx in self.batch_indices(batch_size, epochs=epochs, steps=steps):
             yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+
+    def batch_indices(self, batch_size: int, *, epochs: int = 1, steps: int | None = None) -> Iterator[Tensor]:
+        """The rows of ``x`` and ``y`` that `batches` yields, batch by batch (same arguments, same order).
+
+        The cohort trainer gathers many clients' batches at once from these; both trainers thus see
+        identical batches (in either loader mode, since the loaders draw the same seeded permutation).
+        """
+        _check_batch_args(batch_size, epochs, steps)
+        yield from batch_indices(self.indices, self.seed, batch_size, epochs, steps)
 
     def arrays(self) -> tuple[Tensor, Tensor]:
         """All of the client's samples, in index order (a copy of this client's rows only)."""

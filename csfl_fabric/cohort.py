@@ -1,0 +1,240 @@
+"""CohortTrainer: the clients of a round trained together with ``torch.func`` over stacked params.
+
+Each chunk of ``cohort_size`` clients becomes one model with a leading client dimension on every
+parameter. One step runs ``vmap(grad(functional_call(...)))`` over that dimension on a padded batch of
+shape ``(clients, batch, ...)``; a per-sample mask keeps the padding out of losses and gradients, and a
+per-client ``active`` flag gates the optimizer update, so momentum, weight decay and Adam do not move a
+client that has finished its steps. Every client sees exactly the batches the sequential trainer gives
+it (`ClientData.batch_indices`), so both backends agree to float rounding on dropout-free models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from lightning.fabric import Fabric
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.nn.utils.rnn import pad_sequence
+from typing_extensions import override
+
+from csfl_fabric.data.store import ClientData
+from csfl_fabric.errors import ConfigError
+from csfl_fabric.state import ClientResult, Params
+from csfl_fabric.trainer import ClientTrainer, TrainSettings
+
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which the sequential trainer uses
+ADAM_EPS = 1e-8
+
+
+def check_cohort_model(model: nn.Module) -> None:
+    """Raise a `ConfigError` naming the first module that the cohort backend cannot train.
+
+    BatchNorm (and InstanceNorm with running statistics) update buffers in place during the forward
+    pass, and BatchNorm's batch statistics would also mix in the padding of uneven clients.
+    """
+    for name, module in model.named_modules():
+        batch_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        if batch_norm or (isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.track_running_stats):
+            raise ConfigError(
+                f"Module `{name}` ({type(module).__name__}) is not supported by `train.backend=cohort`: its running "
+                "statistics change during the forward pass and its batch statistics would include the padding of "
+                "uneven clients. Use `train.backend=sequential`, or a model without it (e.g. "
+                "`train.model_params.norm=group` for resnet18)."
+            )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The padded batches of a chunk of clients: ``index``/``mask`` are ``(steps, clients, batch)``."""
+
+    index: Tensor
+    mask: Tensor
+    active: Tensor
+    all_active: list[bool]
+    num_steps: list[int]
+    samples: list[int]
+
+    @classmethod
+    def of(cls, clients: Sequence[ClientData], s: TrainSettings) -> _Plan:
+        per_client = [list(c.batch_indices(s.batch_size, epochs=s.local_epochs, steps=s.local_steps)) for c in clients]
+        num_steps = [len(b) for b in per_client]
+        steps, n = max(num_steps, default=0), len(clients)
+        device = clients[0].indices.device
+        lengths = torch.zeros(steps, n, dtype=torch.long)
+        rows: list[int] = []
+        for i, batches in enumerate(per_client):
+            lengths[: len(batches), i] = torch.tensor([len(b) for b in batches], dtype=torch.long)
+            rows += [t * n + i for t in range(len(batches))]
+        width = int(lengths.max()) if steps else 0
+        index = torch.zeros(steps * n, width, dtype=torch.long, device=device)
+        if rows:
+            # One padded gather for the whole chunk instead of one small copy per batch (kernel launches on CUDA).
+            index[torch.tensor(rows, device=device)] = pad_sequence([b for bs in per_client for b in bs], True)
+        all_active = (lengths > 0).all(1).tolist()
+        lengths = lengths.to(device)
+        mask = torch.arange(width, device=device) < lengths.unsqueeze(-1)
+        return cls(index.view(steps, n, width), mask, lengths > 0, all_active, num_steps, lengths.sum(0).tolist())
+
+
+class CohortTrainer(ClientTrainer):
+    """Trains the clients of a round together, ``cohort_size`` at a time, with ``torch.func``.
+
+    Same public surface as `ClientTrainer` (``fit``, ``fit_many``, ``evaluate``, ``losses``); evaluation is
+    inherited. SGD (momentum, weight decay), FedProx's ``mu``, Adam and gradient-norm clipping are written
+    functionally over the client dimension. Dropout draws different masks per client (``randomness="different"``).
+
+    Args:
+        fabric: the run's Fabric (device, precision).
+        model: a freshly built model without BatchNorm (see `check_cohort_model`).
+        settings: local-training hyperparameters.
+        num_classes: for the evaluation metrics.
+        cohort_size: clients trained together; memory grows linearly with it (params, grads, optimizer state).
+    """
+
+    def __init__(
+        self, fabric: Fabric, model: nn.Module, settings: TrainSettings, num_classes: int, cohort_size: int = 64
+    ) -> None:
+        if cohort_size < 1:
+            raise ConfigError(f"Expected `train.cohort_size` to be >= 1 but got {cohort_size}.")
+        check_cohort_model(model)
+        super().__init__(fabric, model, settings, num_classes)
+        self.cohort_size = cohort_size
+        self._buffer_keys = [k for k in self.keys if k not in set(self._param_keys)]
+        # in_dims: params batched over clients (shared in the first step, when all clients still hold the
+        # global params: no stacked copy to make, and the forward reads one set of weights), buffers shared,
+        # inputs/labels/mask batched.
+        self._grad_step: dict[bool, Callable[..., tuple[Params, Tensor]]] = {
+            stacked: vmap(grad(self._loss, has_aux=True), in_dims=(0 if stacked else None, None, 0, 0, 0),
+                          randomness="different")
+            for stacked in (False, True)
+        }
+
+    def _loss(self, params: Params, buffers: Params, x: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        # One client's masked mean loss: padded samples add exact zeros to the loss and the gradient.
+        with self._precision.forward_context():
+            logits = functional_call(self._forward, (params, buffers), (self._precision.convert_input(x),))
+        losses = F.cross_entropy(logits.float(), y, reduction="none")
+        weights = mask.to(losses.dtype)
+        return (losses * weights).sum() / weights.sum().clamp(min=1.0), losses.detach()
+
+    @override
+    def fit(self, global_params: Params, client: ClientData) -> tuple[Params, ClientResult]:
+        """Train one client (a cohort of one); see `fit_many`."""
+        return next(self.fit_many(global_params, [client]))
+
+    @override
+    def fit_many(self, global_params: Params, clients: Iterable[ClientData]) -> Iterator[tuple[Params, ClientResult]]:
+        """Train ``clients`` from ``global_params`` in chunks of ``cohort_size``; yield them in order.
+
+        The first item of a chunk costs the whole chunk's training; the others come at no cost.
+        Yielded params are views into the chunk's stacked tensors, valid while the caller holds them.
+        """
+        clients = list(clients)
+        for start in range(0, len(clients), self.cohort_size):
+            yield from self._fit_chunk(global_params, clients[start : start + self.cohort_size])
+
+    def _fit_chunk(self, global_params: Params, clients: Sequence[ClientData]) -> Iterator[tuple[Params, ClientResult]]:
+        s, n = self.settings, len(clients)
+        plan = _Plan.of(clients, s)
+        model_tensors = dict(zip(self.keys, self._tensors, strict=True))
+        start = {k: global_params[k].to(model_tensors[k]) for k in self.keys}
+        buffers = {k: start[k] for k in self._buffer_keys}
+        params = {k: start[k] for k in self._param_keys}  # stacked (one row per client) after the first step
+        optimizer = _FunctionalOptimizer(s)
+        self._train_mode()
+        x_all, y_all = clients[0].x, clients[0].y
+        loss_sum = torch.zeros(n, device=self.fabric.device)
+        sq_sum = torch.zeros(n, device=self.fabric.device)
+        for t in range(len(plan.index)):
+            rows = plan.index[t].reshape(-1)
+            x = x_all.index_select(0, rows).view(n, -1, *x_all.shape[1:])
+            y = y_all.index_select(0, rows).view(n, -1)
+            grads, losses = self._grad_step[t > 0](params, buffers, x, y, plan.mask[t])
+            if s.mu > 0:
+                # FedProx (Li et al., MLSys 2020): the gradient of mu/2 ||w - w_global||^2 is mu (w - w_global).
+                grads = {k: g.add_(params[k] - start[k], alpha=s.mu) for k, g in grads.items()}
+            masked = losses.float() * plan.mask[t]
+            loss_sum += masked.sum(1)
+            sq_sum += masked.square().sum(1)
+            params = optimizer.step(params, grads, None if plan.all_active[t] else plan.active[t], t)
+        totals, squares = torch.stack([loss_sum, sq_sum]).tolist()  # the one host sync per chunk
+        for i, client in enumerate(clients):
+            out = {k: params[k][i] if k in params and plan.index.shape[0] else start[k] for k in self.keys}
+            yield out, ClientResult(
+                client_id=client.client_id,
+                num_samples=client.num_samples,
+                num_steps=plan.num_steps[i],
+                samples_processed=plan.samples[i],
+                loss=totals[i] / max(plan.samples[i], 1),
+                loss_sq_sum=squares[i],
+            )
+
+
+class _FunctionalOptimizer:
+    """torch.optim's SGD (momentum, weight decay) and Adam (L2 weight decay), over stacked client params.
+
+    ``step`` applies the update only to active clients: an inactive client's params and state are kept
+    as they are. All active clients of a chunk are at the same step ``t`` (clients start together and
+    take consecutive steps), so Adam's bias corrections are scalars, computed in double as torch does.
+    From the second step on, params and state are this chunk's own stacked tensors and are updated in
+    place: fresh multi-megabyte tensors per step cost page faults on CPU.
+    """
+
+    def __init__(self, settings: TrainSettings) -> None:
+        self.s = settings
+        self.exp_avg: Params = {}  # momentum buffer (SGD) or first moment (Adam), created at the first step
+        self.exp_avg_sq: Params = {}
+
+    def step(self, params: Params, grads: Params, active: Tensor | None, t: int) -> Params:
+        """Params after step ``t`` (0-based) from ``grads`` (clipped, with weight decay); ``None`` = all active."""
+        s = self.s
+        if s.clip_grad_norm is not None:
+            grads = _clip_per_client(grads, s.clip_grad_norm)
+        new: Params = {}
+        for k, p in params.items():
+            g = grads[k].add_(p, alpha=s.weight_decay) if s.weight_decay else grads[k]  # grads are ours to change
+            d, lr = self._adam(k, g, active, t) if s.optimizer == "adam" else self._sgd(k, g, active, t)
+            if active is not None:
+                new[k] = torch.where(active.view(-1, *[1] * (p.dim() - 1)), torch.add(p, d, alpha=-lr), p)
+            elif t > 0:
+                new[k] = p.add_(d, alpha=-lr)
+            elif d is g:  # the first step of plain SGD: the gradient's memory becomes the stacked params
+                new[k] = d.mul_(-lr).add_(p)
+            else:
+                new[k] = torch.add(p, d, alpha=-lr)
+        return new
+
+    def _sgd(self, k: str, g: Tensor, active: Tensor | None, t: int) -> tuple[Tensor, float]:
+        s = self.s
+        if s.momentum:
+            # torch starts the buffer at the first gradient (buffer = g); later buffer = momentum * buffer + g.
+            buf = g.clone() if t == 0 else self._gated(active, self.exp_avg[k].mul(s.momentum).add_(g), self.exp_avg[k])
+            self.exp_avg[k] = buf
+            return buf, s.lr
+        return g, s.lr
+
+    def _adam(self, k: str, g: Tensor, active: Tensor | None, t: int) -> tuple[Tensor, float]:
+        s, (b1, b2) = self.s, ADAM_BETAS
+        if t == 0:
+            self.exp_avg[k], self.exp_avg_sq[k] = torch.zeros_like(g), torch.zeros_like(g)
+        m, v = self.exp_avg[k], self.exp_avg_sq[k]
+        m = self.exp_avg[k] = self._gated(active, torch.lerp(m, g, 1 - b1), m)
+        v = self.exp_avg_sq[k] = self._gated(active, (v * b2).addcmul_(g, g, value=1 - b2), v)
+        denom = (v.sqrt() / (1 - b2 ** (t + 1)) ** 0.5).add_(ADAM_EPS)
+        return m / denom, s.lr / (1 - b1 ** (t + 1))
+
+    @staticmethod
+    def _gated(active: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
+        return new if active is None else torch.where(active.view(-1, *[1] * (new.dim() - 1)), new, old)
+
+
+def _clip_per_client(grads: Params, max_norm: float) -> Params:
+    """``torch.nn.utils.clip_grad_norm_`` applied to each client's gradients separately."""
+    squares = [g.float().square().flatten(1).sum(1) for g in grads.values()]
+    norm = torch.stack(squares).sum(0).sqrt()
+    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    return {k: g * scale.view(-1, *[1] * (g.dim() - 1)).to(g.dtype) for k, g in grads.items()}

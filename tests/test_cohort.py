@@ -1,0 +1,159 @@
+"""The cohort backend against the sequential trainer: same params, losses and counts on dropout-free models."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.fabric import Fabric
+from torch import nn
+
+from csfl_fabric.api import run
+from csfl_fabric.cohort import CohortTrainer
+from csfl_fabric.data.store import ClientStore
+from csfl_fabric.errors import ConfigError
+from csfl_fabric.models import cnn
+from csfl_fabric.trainer import ClientTrainer, TrainSettings
+from tests.conftest import SMOKE
+from tests.test_orchestrator import Recorder
+
+SIZES = (25, 7, 13, 1, 18)  # uneven: partial last batches, a one-sample client, different step counts
+
+
+def _store(device: str = "cpu") -> ClientStore:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(sum(SIZES), 1, 8, 8, generator=gen)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, 0, 0] > 0).long()
+    bounds = np.cumsum((0, *SIZES))
+    return ClientStore(x, y, [np.arange(a, b) for a, b in zip(bounds, bounds[1:], strict=False)], seed=3, device=device)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return cnn((1, 8, 8), 4, width=4, hidden=16)  # convs, pooling, linear layers: what vmap must get right
+
+
+def _fit_all(trainer: ClientTrainer, store: ClientStore) -> list[tuple[dict[str, torch.Tensor], object]]:
+    start = trainer.global_params()
+    clients = [store.client(c, round_idx=1) for c in range(store.num_clients)]
+    return [({k: v.clone() for k, v in p.items()}, r) for p, r in trainer.fit_many(start, clients)]
+
+
+def _compare(settings: TrainSettings, cohort_size: int = 64, device: str = "cpu", precision: str = "32-true",
+             atol: float = 1e-5) -> None:
+    store = _store(device)
+    fabric = Fabric(accelerator=device, devices=1, precision=precision)  # type: ignore[arg-type]
+    sequential = _fit_all(ClientTrainer(fabric, _model(), settings, 4), store)
+    cohort = _fit_all(CohortTrainer(fabric, _model(), settings, 4, cohort_size=cohort_size), store)
+    assert len(cohort) == len(sequential) == len(SIZES)
+    for (p_seq, r_seq), (p_co, r_co) in zip(sequential, cohort, strict=True):
+        assert r_co.client_id == r_seq.client_id  # type: ignore[attr-defined]
+        for field in ("num_samples", "num_steps", "samples_processed"):
+            assert getattr(r_co, field) == getattr(r_seq, field), field
+        assert r_co.loss == pytest.approx(r_seq.loss, rel=atol, abs=atol)  # type: ignore[attr-defined]
+        assert r_co.loss_sq_sum == pytest.approx(r_seq.loss_sq_sum, rel=atol, abs=atol)  # type: ignore[attr-defined]
+        for k in p_seq:
+            torch.testing.assert_close(p_co[k], p_seq[k], atol=atol, rtol=atol, msg=k)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        TrainSettings(batch_size=4, lr=0.1),
+        TrainSettings(batch_size=4, lr=0.05, momentum=0.9, weight_decay=0.01, local_epochs=2),
+        TrainSettings(batch_size=5, lr=0.1, mu=0.5, local_epochs=2),
+        TrainSettings(batch_size=4, lr=0.01, optimizer="adam", weight_decay=0.01, local_epochs=2),
+        TrainSettings(batch_size=3, lr=0.05, momentum=0.5, local_steps=7),
+        TrainSettings(batch_size=4, lr=0.5, clip_grad_norm=0.1),
+    ],
+    ids=["sgd", "momentum-wd-2epochs", "fedprox", "adam-wd", "local-steps", "clip"],
+)
+def test_cohort_matches_sequential(settings: TrainSettings) -> None:
+    _compare(settings)
+
+
+def test_chunks_smaller_than_the_round_match_too() -> None:
+    _compare(TrainSettings(batch_size=4, lr=0.05, momentum=0.9), cohort_size=2)
+
+
+def test_finished_clients_do_not_move() -> None:
+    # Momentum + weight decay would keep moving a client after its last step if the update were not gated.
+    store = _store()
+    fabric = Fabric(accelerator="cpu", devices=1)
+    settings = TrainSettings(batch_size=25, lr=0.1, momentum=0.9, weight_decay=0.1)
+    trainer = CohortTrainer(fabric, _model(), settings, 4)
+    start = trainer.global_params()
+    alone = {k: v.clone() for k, v in trainer.fit(start, store.client(3, 1))[0].items()}  # 1 sample, 1 step
+    together = [p for p, _ in trainer.fit_many(start, [store.client(3, 1), store.client(0, 1)])]  # 1 vs 1 steps
+    long_settings = TrainSettings(batch_size=2, lr=0.1, momentum=0.9, weight_decay=0.1)  # client 0: 13 steps
+    trainer_long = CohortTrainer(fabric, _model(), long_settings, 4)
+    beside_long = next(trainer_long.fit_many(start, [store.client(3, 1), store.client(0, 1)]))[0]
+    for k in alone:
+        torch.testing.assert_close(together[0][k], alone[k])
+        torch.testing.assert_close(beside_long[k], alone[k])
+
+
+def test_batchnorm_is_rejected_with_the_module_name() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(72, 4))
+    with pytest.raises(ConfigError, match=r"Module `1` \(BatchNorm2d\).*train.backend=sequential"):
+        CohortTrainer(Fabric(accelerator="cpu", devices=1), model, TrainSettings(), 4)
+
+
+def test_dropout_draws_different_masks_per_client() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 4))
+    store = _store()
+    trainer = CohortTrainer(Fabric(accelerator="cpu", devices=1), model, TrainSettings(batch_size=4, lr=0.1), 4)
+    twin = store.client(0, 1)  # the same client twice: identical batches, so only dropout can tell them apart
+    (p1, r1), (p2, r2) = list(trainer.fit_many(trainer.global_params(), [twin, twin]))
+    assert np.isfinite([r1.loss, r2.loss]).all()
+    assert not torch.equal(p1["1.weight"], p2["1.weight"])
+
+
+def test_bf16_mixed_runs_close_to_sequential() -> None:
+    _compare(TrainSettings(batch_size=4, lr=0.05), precision="bf16-mixed", atol=5e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("precision", "atol"), [("32-true", 1e-4), ("bf16-mixed", 5e-2)])
+def test_cohort_matches_sequential_on_cuda(monkeypatch: pytest.MonkeyPatch, precision: str, atol: float) -> None:
+    # TF32 would round both backends' matmuls to 10 mantissa bits, far above the tolerance.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    _compare(TrainSettings(batch_size=4, lr=0.05, momentum=0.9, mu=0.1), device="cuda", precision=precision, atol=atol)
+
+
+def _metrics(tmp_path: Path, backend: str) -> list[dict[str, str]]:
+    result = run(SMOKE, [f"logging.dir={tmp_path / backend}", f"train.backend={backend}", "train.cohort_size=3",
+                         "train.momentum=0.5"])
+    with open(result.run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_with_cohort_backend_matches_sequential_metrics(tmp_path: Path) -> None:
+    seq, co = _metrics(tmp_path, "sequential"), _metrics(tmp_path, "cohort")
+    assert len(seq) == len(co) == 3
+    for a, b in zip(seq, co, strict=True):
+        assert float(b["train/loss"]) == pytest.approx(float(a["train/loss"]), rel=1e-4)
+        assert float(b["eval/acc"]) == pytest.approx(float(a["eval/acc"]), abs=1e-6)
+
+
+def test_cohort_size_must_be_positive(smoke: list[str]) -> None:
+    with pytest.raises(ConfigError, match=r"`train.cohort_size` to be >= 1 but got 0"):
+        run(SMOKE, [*smoke, "train.backend=cohort", "train.cohort_size=0"])
+
+
+def test_client_hooks_fire_per_client_in_selection_order(smoke: list[str]) -> None:
+    rec = Recorder()  # on_client_end also asserts that each result belongs to the client it is reported for
+    run(SMOKE, [*smoke, "rounds.num_rounds=1", "rounds.clients_per_round=5", "train.backend=cohort",
+                "train.cohort_size=2"], callbacks=[rec])
+    names = [name for name, _ in rec.calls]
+    assert names == ["on_run_start", "on_round_start", "on_selection",
+                     *["on_client_start", "on_client_end"] * 5, "on_round_end", "on_run_end"]
+    clients = [arg for name, arg in rec.calls if name in ("on_client_start", "on_client_end")]
+    assert clients[0::2] == clients[1::2]
+    assert len(set(clients)) == 5
