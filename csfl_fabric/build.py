@@ -97,7 +97,7 @@ def build_memory_policies(memory: MemoryConfig) -> MemoryPolicies:
     m = memory
     policies = [GarbageCollect(m.gc_every) if m.gc_every > 0 else None,
                 EmptyCudaCache(m.empty_cache_every) if m.empty_cache_every > 0 else None,
-                RamGuard(m.ram_threshold, m.abort_threshold),
+                RamGuard(m.ram_threshold, m.abort_threshold, client_interval_s=m.check_interval_s),
                 MemoryMonitor() if m.monitor else None]
     return MemoryPolicies(*(p for p in policies if p is not None))
 
@@ -187,6 +187,7 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
         systems=build_systems(config, store.num_samples, model_bytes),
         run_dir=run_dir,
         guard=ClientGuard(config.train.on_divergence),
+        callbacks=all_callbacks,
     )
     return Run(config=config, fabric=fabric, dataset=dataset, orchestrator=orchestrator, run_dir=run_dir,
                callbacks=all_callbacks, wandb_id=run_id)

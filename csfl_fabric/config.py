@@ -128,6 +128,7 @@ class MemoryConfig:
     empty_cache_every: int = 5
     ram_threshold: float = 0.70
     abort_threshold: float | None = None
+    check_interval_s: float = 0.05
     monitor: bool = True
 
 
@@ -432,6 +433,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"Expected `{key}` to be > 0 seconds but got {value}.")
     if not 0 < c.memory.ram_threshold <= 1:
         raise ConfigError(f"Expected `memory.ram_threshold` to be in (0, 1] but got {c.memory.ram_threshold}.")
+    if c.memory.check_interval_s < 0:
+        raise ConfigError(f"Expected `memory.check_interval_s` to be >= 0 but got {c.memory.check_interval_s}.")
     if c.memory.abort_threshold is not None and not c.memory.ram_threshold <= c.memory.abort_threshold <= 1:
         raise ConfigError(f"Expected `memory.abort_threshold` to be in [memory.ram_threshold={c.memory.ram_threshold}"
                           f", 1] or null but got {c.memory.abort_threshold}.")

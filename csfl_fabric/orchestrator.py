@@ -16,6 +16,7 @@ from lightning.fabric import Fabric
 from torch import Tensor
 
 from csfl_fabric.aggregation import Aggregator
+from csfl_fabric.callbacks.dispatch import HookDispatcher
 from csfl_fabric.data.store import ClientData, ClientStore
 from csfl_fabric.data.systems import RoundPlan, SystemModel
 from csfl_fabric.distributed import Ranks
@@ -53,7 +54,8 @@ class Orchestrator:
     """Runs the rounds of one federated simulation and fires the hooks of `csfl_fabric.callbacks.HOOKS`.
 
     It holds no method-specific code: the selector, aggregator and trainer are passed in, built by
-    `csfl_fabric.build`. Hooks go through ``fabric.call`` with keyword arguments only.
+    `csfl_fabric.build`. Hooks are fired with keyword arguments only, with ``fabric.call``'s semantics
+    (see `HookDispatcher`).
     """
 
     #: Attributes whose ``state_dict()`` a checkpoint holds: a component added later registers here in one line.
@@ -75,8 +77,10 @@ class Orchestrator:
         systems: SystemModel,
         run_dir: Path | None = None,
         guard: ClientGuard | None = None,
+        callbacks: Sequence[Any] = (),
     ) -> None:
         self.fabric = fabric
+        self.call = HookDispatcher(callbacks)
         self.store = store
         self.trainer = trainer
         self.selector = selector
@@ -101,7 +105,7 @@ class Orchestrator:
         state = self.state
         started = time.perf_counter()
         status = "failed"
-        self.fabric.call("on_run_start", state=state, orchestrator=self)
+        self.call("on_run_start", state=state, orchestrator=self)
         try:
             while state.round < self.rounds.num_rounds and not state.should_stop:
                 self.guard.check_stop()
@@ -113,7 +117,7 @@ class Orchestrator:
             status = "interrupted"
             raise
         finally:
-            self.fabric.call("on_run_end", state=state, orchestrator=self)
+            self.call("on_run_end", state=state, orchestrator=self)
             self.summary.update(rounds_completed=state.round, stop_reason=state.stop_reason, status=status,
                                 wall_seconds=time.perf_counter() - started, selector=self.selector_key,
                                 sim_total_s=self.systems.total_s, **self.participation.summary())
@@ -133,12 +137,12 @@ class Orchestrator:
         r = state.round
         started = time.perf_counter()
         state.metrics = {}
-        self.fabric.call("on_round_start", state=state)
+        self.call("on_round_start", state=state)
 
         # 1. Select among the available clients, with the selection stream's generator only.
         ctx = self._context(r)
         selection = self._select(ctx)
-        self.fabric.call("on_selection", state=state, selection=selection)
+        self.call("on_selection", state=state, selection=selection)
 
         # 2. The simulated clock decides who reports (dropouts, deadline, over-commitment); only they train,
         #    each from the same global params, folded into the running sum at once.
@@ -166,7 +170,7 @@ class Orchestrator:
         state.metrics["time/wall_round_s"] = time.perf_counter() - started
 
         # 6. Callbacks may add metrics or ask to stop; then one log call per round.
-        self.fabric.call("on_round_end", state=state, metrics=state.metrics, orchestrator=self)
+        self.call("on_round_end", state=state, metrics=state.metrics, orchestrator=self)
         self.fabric.log_dict(state.metrics, step=r)
 
     def _train(self, selection: Selection, r: int) -> list[ClientResult]:
@@ -177,13 +181,13 @@ class Orchestrator:
         # This rank's share of the cohort (all of it in one process), as positions in the selection.
         share = list(self.ranks.share(selection, self.store.num_samples))
         # Lazy: the sequential trainer trains a client when it is drawn, the cohort trainer a chunk at a time.
-        drawn = _Drawn(self.trainer.fit_many(self.global_params,
-                                             [self.store.client(int(selection.ids[i]), r) for i in share]))
-        for i in share:
-            client_id = int(selection.ids[i])
+        clients = [self.store.client(int(selection.ids[i]), r) for i in share]
+        drawn = _Drawn(self.trainer.fit_many(self.global_params, clients))
+        for i, client in zip(share, clients, strict=True):
+            client_id = client.client_id
             self.guard.check_stop()  # a signal stops the run between clients, never inside one
-            self.fabric.call("on_client_start", state=state, client_id=client_id)
-            fitted = self.guard.fit(drawn, self.global_params, self.store.client(client_id, r), r)  # type: ignore[arg-type]
+            self.call("on_client_start", state=state, client_id=client_id)
+            fitted = self.guard.fit(drawn, self.global_params, client, r)  # type: ignore[arg-type]
             if fitted is None:
                 continue  # failed or diverged: left out of the aggregate, counted by the guard
             params, result = fitted
@@ -193,7 +197,7 @@ class Orchestrator:
             self.aggregator.update(params, weight)
             del params  # views of the reused model: only the running sum survives the client
             results[i] = result
-            self.fabric.call("on_client_end", state=state, client_id=client_id, result=result)
+            self.call("on_client_end", state=state, client_id=client_id, result=result)
         self._updates = updates
         # Sum the ranks' running sums; every rank gets every client's result (and update), in selection order.
         combined = self.ranks.combine(self.aggregator, results, selection, r, updates)

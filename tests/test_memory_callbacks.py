@@ -86,7 +86,8 @@ def test_ram_guard_cleanups_leave_metrics_csv_unchanged(
     released: list[int] = []
     register_releasable(lambda: released.append(1))
     monkeypatch.setattr(memory, "ram_reading", lambda: _fake_reading(0.95))
-    guarded = run(SMOKE, [*overrides, f"logging.dir={tmp_path / 'guarded'}", "memory.ram_threshold=0.9"])
+    guarded = run(SMOKE, [*overrides, f"logging.dir={tmp_path / 'guarded'}", "memory.ram_threshold=0.9",
+                          "memory.check_interval_s=0"])
     # Assert: identical numbers, a cleanup after every client (4) and every round (1), counted in system.csv.
     assert (plain.run_dir / "metrics.csv").read_bytes() == (guarded.run_dir / "metrics.csv").read_bytes()
     counts = [float(r["mem/emergency_cleanups"]) for r in _rows(guarded.run_dir / "system.csv")]
@@ -112,6 +113,25 @@ def test_ram_guard_abort_threshold_stops_the_run_cleanly(smoke: list[str], monke
     assert result.summary["status"] == "success"
     assert result.summary["stop_reason"].startswith("RamGuard: RAM at 97% of 8.0 GiB (fake)")
     assert len(result.metrics) == 1
+
+
+def test_ram_guard_checks_after_clients_at_most_every_interval() -> None:
+    readings: list[int] = []
+
+    def reader() -> RamReading:
+        readings.append(1)
+        return _fake_reading(0.1)
+
+    guard = RamGuard(threshold=0.7, reader=reader, client_interval_s=3600)
+    for _ in range(5):
+        guard.client_end()
+    assert len(readings) == 1  # the first client is checked, the next four fall inside the interval
+    guard.round_end(0, {})
+    assert len(readings) == 2  # rounds are always checked
+    every = RamGuard(threshold=0.7, reader=reader, client_interval_s=0)
+    for _ in range(3):
+        every.client_end()
+    assert len(readings) == 5
 
 
 def test_ram_guard_validates_thresholds() -> None:

@@ -15,6 +15,8 @@ import contextlib
 import ctypes
 import gc
 import logging
+import math
+import time
 import types
 import weakref
 from collections.abc import Callable
@@ -214,7 +216,9 @@ class EmptyCudaCache(MemoryPolicy):
 class RamGuard(MemoryPolicy):
     """Runs `emergency_cleanup` when RAM use reaches ``threshold`` of the binding (container-aware) limit.
 
-    Checks after every client and every round. A cleanup only drops caches that refill themselves, so the run
+    Checks after every round, and after a client when at least ``client_interval_s`` passed since the last
+    check (a reading costs ~0.15 ms, 4% of a small client's training; a client that trains longer than the
+    interval is checked every time). A cleanup only drops caches that refill themselves, so the run
     goes on to produce exactly the numbers it would have produced without it. If use is still at or above
     ``abort_threshold`` after a cleanup, the run is asked to stop cleanly (``should_stop``, ``stop_reason``)
     at the end of the round, instead of being killed by the OS.
@@ -222,11 +226,12 @@ class RamGuard(MemoryPolicy):
     Args:
         threshold: fraction of the limit in (0, 1] that triggers a cleanup.
         abort_threshold: fraction at which to stop the run; None never stops it.
-        reader: returns a `RamReading`; default `ram_reading` (~0.05 ms).
+        reader: returns a `RamReading`; default `ram_reading`.
+        client_interval_s: the least time between two checks after clients (0 checks after every client).
     """
 
     def __init__(self, threshold: float = 0.70, abort_threshold: float | None = None,
-                 reader: Callable[[], RamReading] | None = None) -> None:
+                 reader: Callable[[], RamReading] | None = None, client_interval_s: float = 0.05) -> None:
         if not 0 < threshold <= 1:
             raise ValueError(f"Expected `threshold` in (0, 1] but got {threshold}.")
         if abort_threshold is not None and not threshold <= abort_threshold <= 1:
@@ -235,10 +240,13 @@ class RamGuard(MemoryPolicy):
         self.threshold = threshold
         self.abort_threshold = abort_threshold
         self.reader = reader
+        self.client_interval_s = client_interval_s
         self.cleanups = 0
+        self._last_check = -math.inf
 
     def check(self) -> bool:
         """Read RAM use; clean up (and maybe request a stop) at or above the threshold. True if it cleaned up."""
+        self._last_check = time.perf_counter()
         reading = (self.reader or ram_reading)()
         if reading.frac < self.threshold:
             return False
@@ -254,8 +262,9 @@ class RamGuard(MemoryPolicy):
         return True
 
     def client_end(self) -> None:
-        """Check after a client."""
-        self.check()
+        """Check after a client, unless the last check is more recent than ``client_interval_s``."""
+        if time.perf_counter() - self._last_check >= self.client_interval_s:
+            self.check()
 
     def round_end(self, round_idx: int, metrics: dict[str, float]) -> None:
         """Check after a round and report the number of cleanups so far as ``mem/emergency_cleanups``."""
