@@ -1,4 +1,4 @@
-"""Reusable callbacks: hooks named ``on_<run|round|client>_<start|end>``, dispatched by `fabric.call`.
+"""Reusable callbacks: hooks named ``on_<run|round|client>_<start|end>``, dispatched with `fabric.call`'s semantics.
 
 The Lightning adapters live in `csfl_fabric.callbacks.lightning` (not imported here: it loads ``lightning.pytorch``).
 """
