@@ -209,7 +209,7 @@ class EmptyCudaCache(MemoryPolicy):
 
     def round_end(self, round_idx: int, metrics: dict[str, float]) -> None:
         """Empty the cache if the round is due and CUDA is in use."""
-        if _due(round_idx, self.every_n_rounds) and torch.cuda.is_available() and torch.cuda.is_initialized():
+        if _due(round_idx, self.every_n_rounds) and torch.cuda.is_initialized():
             metrics["mem/cuda_cache_released_gb"] = empty_cuda_cache() / GIB
 
 
