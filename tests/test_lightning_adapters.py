@@ -44,7 +44,7 @@ def test_policies_run_in_a_pl_trainer_and_log_their_figures(tmp_path: Path) -> N
         readings.append(1)
         return RamReading(used=GIB, limit=8 * GIB, source="fake")
 
-    guard, collect = RamGuard(threshold=0.9, reader=reader), GarbageCollect(every_n_rounds=1)
+    guard, collect = RamGuard(threshold=0.9, reader=reader, client_interval_s=0), GarbageCollect(every_n_rounds=1)
     trainer = _fit(tmp_path, collect, guard, MemoryMonitor(reader=reader))
     # 4 batches x 3 epochs checked by the guard, plus its and the monitor's reading at each epoch's end.
     assert len(readings) == 12 + 3 + 3
