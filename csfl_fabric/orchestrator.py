@@ -294,7 +294,7 @@ class Orchestrator:
         # on or off between a run and its resume must not shift the keys.
         seen: dict[str, int] = {}
         keyed = []
-        for cb in self.fabric._callbacks:  # Fabric keeps them privately; it has no public accessor
+        for cb in self.call.callbacks:
             if hasattr(cb, "state_dict"):
                 name = type(cb).__name__
                 seen[name] = seen.get(name, 0) + 1
