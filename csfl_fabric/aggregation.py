@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
+from csfl_fabric.flat import FlatParams, Layout, flat_of
 from csfl_fabric.registry import AGGREGATORS
 from csfl_fabric.state import Params
 
@@ -148,20 +149,25 @@ class Aggregator(ABC):
         self.state: dict[str, Params] = {}
         self.num_rounds = 0
         self._global: Params | None = None
+        self._layout: Layout | None = None
         self._flat: Tensor | None = None  # all running sums in one buffer: one collective in `reduce`
         self._sums: Params = {}  # views into _flat, for the floating-point entries
-        self._total = torch.zeros((), dtype=torch.float64)  # float64: sample counts stay exact
+        self._total = 0.0  # a Python float (float64): sample counts stay exact, and adding to it costs no kernel
         self._result: Params | None = None
 
     def reset(self, global_params: Params) -> None:
         """Start a round from ``global_params`` (copied, so later changes to them do not leak in)."""
-        self._global = {k: v.detach().clone() for k, v in global_params.items()}
-        floats = {k: v for k, v in self._global.items() if v.is_floating_point()}
-        device = next(iter(floats.values())).device if floats else torch.device("cpu")
-        numels = [v.numel() for v in floats.values()]
-        self._flat = torch.zeros(sum(numels), dtype=torch.float32, device=device)
-        self._sums = {k: c.view(v.shape) for (k, v), c in zip(floats.items(), self._flat.split(numels), strict=True)}
-        self._total = torch.zeros((), dtype=torch.float64, device=device)
+        # The sums are laid out as the global params' buffer: a client laid out alike is folded in by one add.
+        if isinstance(global_params, FlatParams):
+            self._global, self._layout = global_params.clone(), global_params.layout
+        else:
+            self._global = {k: v.detach().clone() for k, v in global_params.items()}
+            self._layout = Layout.of(self._global)
+        floats = [self._global[k] for k in self._layout.names]
+        device = floats[0].device if floats else torch.device("cpu")
+        self._flat = torch.zeros(self._layout.numel, dtype=torch.float32, device=device)
+        self._sums = self._layout.views(self._flat)
+        self._total = 0.0
         self._result = None
 
     def update(self, params: Params, weight: float) -> None:
@@ -173,23 +179,26 @@ class Aggregator(ABC):
             ValueError: ``weight`` is negative or not finite, or ``params`` lacks or adds entries.
             RuntimeError: `reset` was not called since the last `compute`.
         """
-        if self._global is None:
+        if self._global is None or self._flat is None:
             raise RuntimeError("Call `reset(global_params)` before `update` (once per round, before the clients).")
         weight = float(weight)
         if not (math.isfinite(weight) and weight >= 0):
             raise ValueError(f"Expected `weight` to be a finite number >= 0 but got {weight}.")
-        missing, unknown = self._sums.keys() - params.keys(), params.keys() - self._global.keys()
-        if missing or unknown:
-            raise ValueError(
-                f"Client params do not match the global params: missing {sorted(missing)}, unknown {sorted(unknown)}."
-            )
+        flat = flat_of(params, self._layout)
+        if flat is None:
+            missing, unknown = self._sums.keys() - params.keys(), params.keys() - self._global.keys()
+            if missing or unknown:
+                raise ValueError(f"Client params do not match the global params: missing {sorted(missing)}, "
+                                 f"unknown {sorted(unknown)}.")
         if weight == 0:
             return
-        dst = list(self._sums.values())
-        src = [
-            params[k].detach().to(device=d.device, dtype=torch.float32) for k, d in zip(self._sums, dst, strict=True)
-        ]
-        torch._foreach_add_(dst, src, alpha=weight)
+        if flat is not None:
+            self._flat.add_(flat.to(self._flat.device), alpha=weight)
+        else:
+            dst = list(self._sums.values())
+            src = [params[k].detach().to(device=d.device, dtype=torch.float32) for k, d in zip(self._sums, dst,
+                                                                                               strict=True)]
+            torch._foreach_add_(dst, src, alpha=weight)
         self._total += weight
 
     def reduce(self, fn: Callable[[Tensor], Tensor | None]) -> None:
@@ -198,12 +207,15 @@ class Aggregator(ABC):
         ``fn`` may work in place and return None (``torch.distributed.all_reduce``) or return a new tensor
         (``fabric.all_reduce``). Every process must call it, also one that trained no client this round.
         """
-        for t in (self._flat, self._total):
+        device = self._flat.device if self._flat is not None else torch.device("cpu")
+        total = torch.tensor(self._total, dtype=torch.float64, device=device)
+        for t in (self._flat, total):
             if t is None:
                 continue
             out = fn(t)
             if out is not None and out is not t:
                 t.copy_(out)
+        self._total = float(total)
 
     def compute(self) -> Params:
         """Return the new global params, in the global params' dtypes; a second call returns the same result.
@@ -214,18 +226,23 @@ class Aggregator(ABC):
         """
         if self._result is not None:
             return self._result
-        if self._global is None:
+        if self._global is None or self._flat is None or self._layout is None:
             raise RuntimeError("Call `reset(global_params)` and `update` before `compute`.")
-        total = float(self._total)
-        _check_total_weight(total)
-        names = list(self._sums)
-        x = [self._global[k].to(device=self._total.device, dtype=torch.float32) for k in names]
-        mean = list(torch._foreach_div(list(self._sums.values()), total))
-        new = dict(zip(names, self.step(names, x, mean), strict=True))
+        _check_total_weight(self._total)
+        names = list(self._layout.names)
+        x = [self._global[k].to(device=self._flat.device, dtype=torch.float32) for k in names]
+        mean = list(self._layout.views(self._flat.div_(self._total)).values())  # the sums are not needed after
+        new = self.step(names, x, mean)
         self.num_rounds += 1
-        self._result = {
-            k: new[k].to(device=v.device, dtype=v.dtype) if k in new else v for k, v in self._global.items()
-        }
+        others = {k: v for k, v in self._global.items() if k not in self._sums}
+        if isinstance(self._global, FlatParams):
+            out = torch.empty_like(self._global.flat)
+            torch._foreach_copy_(list(self._layout.views(out).values()), new)  # casts to the global dtype
+            self._result = FlatParams.of(out, self._layout, others)
+        else:
+            by_name = dict(zip(names, new, strict=True))
+            self._result = {k: by_name[k].to(device=v.device, dtype=v.dtype) if k in by_name else v
+                            for k, v in self._global.items()}
         self._global, self._flat, self._sums = None, None, {}  # free O(model) until the next reset
         return self._result
 

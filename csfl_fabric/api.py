@@ -110,7 +110,7 @@ def _execute(built: Run, ckpt: dict[str, Any] | None) -> RunResult:
         e.run_dir = built.run_dir  # for the CLI's "resume with" line
         raise
     return RunResult(run_dir=built.run_dir, config=built.config, metrics=read_metrics(built.run_dir) if writes else [],
-                     summary=dict(orchestrator.summary), params=orchestrator.global_params,
+                     summary=dict(orchestrator.summary), params=dict(orchestrator.global_params),
                      global_rank=built.fabric.global_rank)
 
 

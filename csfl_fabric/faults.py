@@ -11,6 +11,7 @@ import torch
 from csfl_fabric.callbacks.memory import emergency_cleanup
 from csfl_fabric.data.store import ClientData
 from csfl_fabric.errors import RunFailed, RunInterrupted
+from csfl_fabric.flat import FlatParams
 from csfl_fabric.state import ClientResult, Params
 from csfl_fabric.trainer import ClientTrainer
 
@@ -21,8 +22,10 @@ def all_finite(params: Params) -> bool:
     >>> all_finite({"w": torch.ones(2)}), all_finite({"w": torch.tensor([1.0, float("nan")])})
     (True, False)
     """
-    floats = [t for t in params.values() if t.is_floating_point()]
     # A norm is NaN or inf iff some entry is (or the finite entries are astronomically large: diverged too).
+    if isinstance(params, FlatParams):
+        return math.isfinite(torch.linalg.vector_norm(params.flat).item())
+    floats = [t for t in params.values() if t.is_floating_point()]
     return not floats or math.isfinite(torch.stack(torch._foreach_norm(floats)).sum().item())
 
 

@@ -277,7 +277,9 @@ class Orchestrator:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned (the next `run` continues from ``state["round"]``)."""
         self.state.round = int(state["round"])
-        self.global_params = {k: v.to(self.fabric.device) for k, v in state["global_params"].items()}
+        # Through the model, so that the global params are laid out as its flat buffer again (`csfl_fabric.flat`).
+        self.trainer.load(state["global_params"])
+        self.global_params = self.trainer.global_params()
         self.state.history.load_state_dict(state["history"])  # type: ignore[union-attr]
         self.selection_rng.bit_generator.state = state["selection_rng"]
         self.summary = copy.deepcopy(state["summary"])
