@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from csfl_fabric.data.store import ClientData
 from csfl_fabric.errors import ConfigError
+from csfl_fabric.flat import FlatParams, Layout
 from csfl_fabric.state import ClientResult, Params
 from csfl_fabric.trainer import ClientTrainer, TrainSettings
 
@@ -104,6 +105,9 @@ class CohortTrainer(ClientTrainer):
         super().__init__(fabric, model, settings, num_classes)
         self.cohort_size = cohort_size
         self._buffer_keys = [k for k in self.keys if k not in set(self._param_keys)]
+        # The chunk's trained params, one row per client laid out as the global params (rows are `FlatParams`):
+        # reused from chunk to chunk, since a fresh multi-megabyte tensor per chunk costs page faults on a CPU.
+        self._rows: Tensor | None = None
         # in_dims: params batched over clients (shared in the first step, when all clients still hold the
         # global params: no stacked copy to make, and the forward reads one set of weights), buffers shared,
         # inputs/labels/mask batched.
@@ -122,6 +126,18 @@ class CohortTrainer(ClientTrainer):
         return (losses * weights).sum() / weights.sum().clamp(min=1.0), losses.detach()
 
     @override
+    def release(self) -> None:
+        """Also drop the chunk buffer (``cohort_size`` models); the next chunk allocates it again."""
+        super().release()
+        self._rows = None
+
+    def _chunk_rows(self, n: int, like: Tensor, numel: int) -> Tensor:
+        rows = self._rows
+        if rows is None or rows.shape[1] != numel or rows.dtype != like.dtype or rows.device != like.device:
+            rows = self._rows = torch.empty(self.cohort_size, numel, dtype=like.dtype, device=like.device)
+        return rows[:n]
+
+    @override
     def fit(self, global_params: Params, client: ClientData) -> tuple[Params, ClientResult]:
         """Train one client (a cohort of one); see `fit_many`."""
         return next(self.fit_many(global_params, [client]))
@@ -131,7 +147,7 @@ class CohortTrainer(ClientTrainer):
         """Train ``clients`` from ``global_params`` in chunks of ``cohort_size``; yield them in order.
 
         The first item of a chunk costs the whole chunk's training; the others come at no cost.
-        Yielded params are views into the chunk's stacked tensors, valid while the caller holds them.
+        Yielded params are `FlatParams` rows of the chunk's buffer, valid until the next chunk trains.
         """
         clients = list(clients)
         for start in range(0, len(clients), self.cohort_size):
@@ -142,17 +158,23 @@ class CohortTrainer(ClientTrainer):
         plan = _Plan.of(clients, s)
         model_tensors = dict(zip(self.keys, self._tensors, strict=True))
         start = {k: global_params[k].to(model_tensors[k]) for k in self.keys}
+        layout = self._layout or Layout.of(start)
+        rows = self._chunk_rows(n, start[layout.names[0]], layout.numel)
+        stacked = layout.views(rows)  # (clients, ...) views of the rows, written by the optimizer's steps
+        for k in layout.names:
+            if k not in self._param_keys or not len(plan.index):  # entries no step writes: the start, per client
+                stacked[k].copy_(start[k])
         buffers = {k: start[k] for k in self._buffer_keys}
-        params = {k: start[k] for k in self._param_keys}  # stacked (one row per client) after the first step
+        params = {k: start[k] for k in self._param_keys}  # stacked (the rows) after the first step
         optimizer = _FunctionalOptimizer(s)
         self._train_mode()
         x_all, y_all = clients[0].x, clients[0].y
         loss_sum = torch.zeros(n, device=self.fabric.device)
         sq_sum = torch.zeros(n, device=self.fabric.device)
         for t in range(len(plan.index)):
-            rows = plan.index[t].reshape(-1)
-            x = x_all.index_select(0, rows).view(n, -1, *x_all.shape[1:])
-            y = y_all.index_select(0, rows).view(n, -1)
+            index = plan.index[t].reshape(-1)
+            x = x_all.index_select(0, index).view(n, -1, *x_all.shape[1:])
+            y = y_all.index_select(0, index).view(n, -1)
             grads, losses = self._grad_step[t > 0](params, buffers, x, y, plan.mask[t])
             if s.mu > 0:
                 # FedProx (Li et al., MLSys 2020): the gradient of mu/2 ||w - w_global||^2 is mu (w - w_global).
@@ -160,17 +182,20 @@ class CohortTrainer(ClientTrainer):
             masked = losses.float() * plan.mask[t]
             loss_sum += masked.sum(1)
             sq_sum += masked.square().sum(1)
-            params = optimizer.step(params, grads, None if plan.all_active[t] else plan.active[t], t)
-        totals, squares = torch.stack([loss_sum, sq_sum]).tolist()  # the one host sync per chunk
+            params = optimizer.step(params, grads, None if plan.all_active[t] else plan.active[t], t, stacked)
+        # The one host sync per chunk: losses, and each client's param norm for the fault guard.
+        norms = torch.linalg.vector_norm(rows, dim=1, dtype=torch.float32)
+        totals, squares, norms_ = torch.stack([loss_sum, sq_sum, norms.to(loss_sum.device)]).tolist()
+        others = {k: start[k] for k in self.keys if k not in stacked}
         for i, client in enumerate(clients):
-            out = {k: params[k][i] if k in params and plan.index.shape[0] else start[k] for k in self.keys}
-            yield out, ClientResult(
+            yield FlatParams.of(rows[i], layout, others), ClientResult(
                 client_id=client.client_id,
                 num_samples=client.num_samples,
                 num_steps=plan.num_steps[i],
                 samples_processed=plan.samples[i],
                 loss=totals[i] / max(plan.samples[i], 1),
                 loss_sq_sum=squares[i],
+                param_norm=norms_[i],
             )
 
 
@@ -189,24 +214,23 @@ class _FunctionalOptimizer:
         self.exp_avg: Params = {}  # momentum buffer (SGD) or first moment (Adam), created at the first step
         self.exp_avg_sq: Params = {}
 
-    def step(self, params: Params, grads: Params, active: Tensor | None, t: int) -> Params:
-        """Params after step ``t`` (0-based) from ``grads`` (clipped, with weight decay); ``None`` = all active."""
+    def step(self, params: Params, grads: Params, active: Tensor | None, t: int, out: Params) -> Params:
+        """Params after step ``t`` (0-based) from ``grads`` (clipped, with weight decay), written into ``out``.
+
+        ``active`` None: every client steps. ``params`` are the shared start (one copy, broadcast) at ``t=0``
+        and ``out`` itself later, so each step is one pass over the stacked params.
+        """
         s = self.s
         if s.clip_grad_norm is not None:
             grads = _clip_per_client(grads, s.clip_grad_norm)
-        new: Params = {}
         for k, p in params.items():
             g = grads[k].add_(p, alpha=s.weight_decay) if s.weight_decay else grads[k]  # grads are ours to change
             d, lr = self._adam(k, g, active, t) if s.optimizer == "adam" else self._sgd(k, g, active, t)
-            if active is not None:
-                new[k] = torch.where(active.view(-1, *[1] * (p.dim() - 1)), torch.add(p, d, alpha=-lr), p)
-            elif t > 0:
-                new[k] = p.add_(d, alpha=-lr)
-            elif d is g:  # the first step of plain SGD: the gradient's memory becomes the stacked params
-                new[k] = d.mul_(-lr).add_(p)
+            if active is None:
+                torch.add(p, d, alpha=-lr, out=out[k])
             else:
-                new[k] = torch.add(p, d, alpha=-lr)
-        return new
+                torch.where(active.view(-1, *[1] * (d.dim() - 1)), torch.add(p, d, alpha=-lr), p, out=out[k])
+        return {k: out[k] for k in params}
 
     def _sgd(self, k: str, g: Tensor, active: Tensor | None, t: int) -> tuple[Tensor, float]:
         s = self.s

@@ -73,7 +73,7 @@ class ClientGuard:
             warnings.warn(f"{where} failed ({type(e).__name__}: {e}); left out of the round.", RuntimeWarning,
                           stacklevel=2)
             return None
-        if result.diverged or not all_finite(params):
+        if result.diverged or (result.param_norm is None and not all_finite(params)):
             message = f"{where} diverged (loss {result.loss}, or NaN/inf params)"
             if self.on_divergence == "abort":
                 raise RunFailed(f"{message} and `train.on_divergence` is 'abort'. Lower `train.lr`, set "

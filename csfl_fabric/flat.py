@@ -51,9 +51,13 @@ class Layout:
         return cls(tuple(params), tuple(names), shapes, tuple(offsets), total)
 
     def views(self, flat: Tensor) -> dict[str, Tensor]:
-        """The floating-point entries as views into ``flat``."""
+        """The floating-point entries as views into ``flat``, whose last dimension is the layout's (``numel``).
+
+        Leading dimensions are kept: a ``(clients, numel)`` buffer gives ``(clients, *shape)`` views.
+        """
+        lead = flat.shape[:-1]
         spans = zip(self.names, self.shapes, self.offsets, strict=True)
-        return {k: flat[o : o + shape.numel()].view(shape) for k, shape, o in spans}
+        return {k: flat[..., o : o + shape.numel()].view(*lead, *shape) for k, shape, o in spans}
 
 
 class FlatParams(dict):  # type: ignore[type-arg]

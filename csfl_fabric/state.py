@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,9 @@ class ClientResult:
         samples_processed: samples seen over all local steps (drives simulated compute time).
         loss: mean per-sample training loss over the local steps.
         loss_sq_sum: sum of squared per-sample losses over the local steps (Oort's statistical utility).
+        param_norm: L2 norm of the trained floating-point params, read with the losses in the client's one host
+            sync; NaN or inf when they diverged. None when the trainer did not measure it (the fault guard then
+            checks the params itself).
     """
 
     client_id: int
@@ -32,11 +36,12 @@ class ClientResult:
     samples_processed: int
     loss: float
     loss_sq_sum: float
+    param_norm: float | None = None
 
     @property
     def diverged(self) -> bool:
-        """True when the training loss is NaN or infinite."""
-        return not np.isfinite(self.loss)
+        """True when the training loss, or the measured norm of the params, is NaN or infinite."""
+        return not (math.isfinite(self.loss) and (self.param_norm is None or math.isfinite(self.param_norm)))
 
 
 @dataclass

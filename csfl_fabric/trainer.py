@@ -115,13 +115,14 @@ class ClientTrainer:
         if not self.model.module.training:
             self.model.module.train()
 
-    @torch.no_grad()
     def load(self, params: Params) -> None:
         """Copy ``params`` into the model in place (one copy when they are laid out as the model's buffer)."""
         flat = flat_of(params, self._layout)
         if flat is None:
-            torch._foreach_copy_(self._tensors, [params[k] for k in self.keys])
+            with torch.no_grad():  # in place into parameters
+                torch._foreach_copy_(self._tensors, [params[k] for k in self.keys])
             return
+        # The buffer is no parameter itself (they view it), so autograd has nothing to track here.
         self._views.flat.copy_(flat)  # type: ignore[attr-defined]
         if self._others:
             torch._foreach_copy_([t for t, _ in self._others], [params[k] for _, k in self._others])
@@ -157,7 +158,8 @@ class ClientTrainer:
             per_sample.append(losses.detach())
             seen += len(y)
             steps += 1
-        total, sq_total = _sum_and_square_sum(per_sample)
+        flat = self._views.flat if isinstance(self._views, FlatParams) else None
+        total, sq_total, norm = _client_stats(per_sample, flat)
         result = ClientResult(
             client_id=client.client_id,
             num_samples=client.num_samples,
@@ -165,6 +167,7 @@ class ClientTrainer:
             samples_processed=seen,
             loss=total / max(seen, 1),
             loss_sq_sum=sq_total,
+            param_norm=norm,
         )
         return (FlatParams.wrap(self._views, self._views.flat, self._views.layout)
                 if isinstance(self._views, FlatParams) else dict(self._views)), result
@@ -241,13 +244,14 @@ class ClientTrainer:
         return torch.stack(out).cpu().numpy().astype(float) if out else np.zeros(0)
 
 
-def _sum_and_square_sum(losses: list[Tensor]) -> tuple[float, float]:
-    """Sum and sum of squares of the per-sample ``losses``, read with one host sync."""
-    if not losses:
-        return 0.0, 0.0
-    flat = torch.cat(losses) if len(losses) > 1 else losses[0]
-    total, squares = torch.stack([flat.sum(), flat.square().sum()]).tolist()
-    return total, squares
+def _client_stats(losses: list[Tensor], flat: Tensor | None) -> tuple[float, float, float | None]:
+    """Sum and sum of squares of the per-sample ``losses``, and the norm of ``flat`` if given, in one host sync."""
+    norm = [] if flat is None else [torch.linalg.vector_norm(flat, dtype=torch.float32)]
+    if not losses:  # a client without samples
+        return 0.0, 0.0, norm[0].item() if norm else None
+    per_sample = torch.cat(losses) if len(losses) > 1 else losses[0]
+    values = torch.stack([per_sample.sum(), per_sample.dot(per_sample), *norm]).tolist()
+    return values[0], values[1], values[2] if norm else None
 
 
 class _EachClient:

@@ -90,7 +90,7 @@ class ClientData:
         if self.loader is not None:
             yield from self.loader().batches(self.seed, batch_size, epochs, steps)
             return
-        for idx in self.batch_indices(batch_size, epochs=epochs, steps=steps):
+        for idx in batch_indices(self.indices, self.seed, batch_size, epochs, steps):
             yield self.x.index_select(0, idx), self.y.index_select(0, idx)
 
     def batch_indices(self, batch_size: int, *, epochs: int = 1, steps: int | None = None) -> Iterator[Tensor]:
