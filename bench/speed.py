@@ -2,7 +2,9 @@
 
 One invocation runs every contender in its own fresh process (so no contender inherits another's
 allocator or thread state), alternating contenders within each repetition, and prints the median
-seconds per round over all timed rounds and the ratio to the bare loop measured in the same invocation.
+seconds per round over all timed rounds and the ratio to the bare loop measured in the same invocation:
+the median over repetitions of each repetition's ratio (its median round against the bare loop's median
+round in that repetition, run just before it), since a shared machine's speed drifts over minutes.
 
 Workloads (small CNN, 1 local epoch, batch 16, SGD lr 0.05, heuristic.random selection, 1 thread):
     W      digits, 100 clients, Dirichlet(0.5), 10 clients per round, 30 rounds
@@ -17,7 +19,7 @@ Clocks: ``--clock cpu`` (the default on CPU) counts the process's own CPU time p
 meaningful on a machine shared with other jobs (wall time there mostly measures their load);
 ``--clock wall`` (the default on CUDA, where work runs outside the process's CPU time) counts elapsed time.
 
-    python bench/speed.py [--workloads W W-big] [--reps 3] [--device cpu] [--precision 32-true] [--clock cpu]
+    python bench/speed.py [--workloads W W-big] [--reps 5] [--device cpu] [--precision 32-true] [--clock cpu]
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS))
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--clock", choices=list(CLOCKS), help="default: cpu on CPU, wall on CUDA")
@@ -127,20 +129,23 @@ def main() -> None:
         return
     contenders = ["bare", *[c for c in args.contenders if c != "bare"]]
     print(f"device={args.device} precision={args.precision} clock={clock} reps={args.reps} torch={torch.__version__}")
-    print(f"{'workload':<10}{'contender':<12}{'median s/round':>16}{'x bare':>8}  {'target':<12}median of each rep")
+    print(f"{'workload':<10}{'contender':<12}{'median s/round':>16}{'x bare':>8}  {'target':<13}x bare in each rep")
     for workload in args.workloads:
         times: dict[str, list[list[float]]] = {c: [] for c in contenders}
         for _ in range(args.reps):
             for contender in contenders:  # alternate, so drifts in machine load hit every contender alike
                 times[contender].append(spawn(contender, workload, args.device, args.precision, clock))
-        base = statistics.median(t for rep in times["bare"] for t in rep)
+        bare = [statistics.median(rep) for rep in times["bare"]]
         for contender in contenders:
+            medians = [statistics.median(rep) for rep in times[contender]]
+            # Each repetition's ratio against the bare loop run just before it, then the median over repetitions:
+            # the machine's speed drifts over minutes, and neighbouring processes see about the same machine.
+            ratio = statistics.median(m / b for m, b in zip(medians, bare, strict=True))
             median = statistics.median(t for rep in times[contender] for t in rep)
             target = TARGETS.get((contender, workload))
-            verdict = "" if target is None else f"<={target:.2f} {'met' if median / base <= target else 'MISSED'}"
-            per_rep = " ".join(f"{statistics.median(rep):.4f}" for rep in times[contender])
-            print(f"{workload:<10}{contender:<12}{median:>16.4f}{median / base:>8.2f}  {verdict:<12}{per_rep}",
-                  flush=True)
+            verdict = "" if target is None else f"<={target:.2f} {'met' if ratio <= target else 'MISSED'}"
+            per_rep = " ".join(f"{m / b:.2f}" for m, b in zip(medians, bare, strict=True))
+            print(f"{workload:<10}{contender:<12}{median:>16.4f}{ratio:>8.2f}  {verdict:<13}{per_rep}", flush=True)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,8 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
     t = config.train
     settings = TrainSettings(local_epochs=t.local_epochs, local_steps=t.local_steps, batch_size=t.batch_size, lr=t.lr,
                              optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay, mu=t.mu,
-                             clip_grad_norm=t.clip_grad_norm, eval_batch_size=t.eval_batch_size)
+                             clip_grad_norm=t.clip_grad_norm, eval_batch_size=t.eval_batch_size,
+                             channels_last=t.channels_last)
     trainer = (CohortTrainer(fabric, model, settings, dataset.num_classes, cohort_size=t.cohort_size)
                if t.backend == "cohort" else ClientTrainer(fabric, model, settings, dataset.num_classes))
     global_params = trainer.global_params()

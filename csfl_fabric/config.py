@@ -63,6 +63,7 @@ class TrainConfig:
     backend: str = "sequential"
     cohort_size: int = 64
     eval_batch_size: int = 1024
+    channels_last: bool = True
     on_divergence: str = "skip"
 
 

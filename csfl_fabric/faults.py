@@ -64,17 +64,16 @@ class ClientGuard:
         self, trainer: ClientTrainer, global_params: Params, client: ClientData, round_idx: int
     ) -> tuple[Params, ClientResult] | None:
         """``trainer.fit`` of one client, or None when the client failed or diverged (counted, warned)."""
-        where = f"Client {client.client_id} in round {round_idx}"
         try:
             params, result = trainer.fit(global_params, client)
         except Exception as e:  # noqa: BLE001 - one client's failure (e.g. CUDA out of memory) must not end the run
             self.failed += 1
             self.cleanup()
-            warnings.warn(f"{where} failed ({type(e).__name__}: {e}); left out of the round.", RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn(f"Client {client.client_id} in round {round_idx} failed ({type(e).__name__}: {e}); left "
+                          "out of the round.", RuntimeWarning, stacklevel=2)
             return None
         if result.diverged or (result.param_norm is None and not all_finite(params)):
-            message = f"{where} diverged (loss {result.loss}, or NaN/inf params)"
+            message = f"Client {client.client_id} in round {round_idx} diverged (loss {result.loss}, or NaN/inf params)"
             if self.on_divergence == "abort":
                 raise RunFailed(f"{message} and `train.on_divergence` is 'abort'. Lower `train.lr`, set "
                                 "`train.clip_grad_norm`, or set `train.on_divergence=skip`.")

@@ -36,28 +36,42 @@ class Layout:
     keys: tuple[str, ...]
     names: tuple[str, ...]
     shapes: tuple[torch.Size, ...]
+    strides: tuple[tuple[int, ...], ...]
     offsets: tuple[int, ...]
     numel: int
 
     @classmethod
     def of(cls, params: Params) -> Layout:
-        """The layout of ``params``'s floating-point entries, in the params' order."""
+        """The layout of ``params``'s floating-point entries, in the params' order and memory formats."""
         names = [k for k, t in params.items() if t.is_floating_point()]
         shapes = tuple(params[k].shape for k in names)
         offsets, total = [], 0
         for shape in shapes:
             offsets.append(total)
             total += shape.numel()
-        return cls(tuple(params), tuple(names), shapes, tuple(offsets), total)
+        strides = tuple(_dense_strides(params[k]) for k in names)
+        return cls(tuple(params), tuple(names), shapes, strides, tuple(offsets), total)
 
     def views(self, flat: Tensor) -> dict[str, Tensor]:
         """The floating-point entries as views into ``flat``, whose last dimension is the layout's (``numel``).
 
         Leading dimensions are kept: a ``(clients, numel)`` buffer gives ``(clients, *shape)`` views.
         """
-        lead = flat.shape[:-1]
-        spans = zip(self.names, self.shapes, self.offsets, strict=True)
-        return {k: flat[..., o : o + shape.numel()].view(*lead, *shape) for k, shape, o in spans}
+        lead, lead_strides, base = flat.shape[:-1], flat.stride()[:-1], flat.storage_offset()
+        spans = zip(self.names, self.shapes, self.strides, self.offsets, strict=True)
+        return {k: flat.as_strided((*lead, *shape), (*lead_strides, *stride), base + o) for k, shape, stride, o in
+                spans}
+
+
+def _dense_strides(t: Tensor) -> tuple[int, ...]:
+    """``t``'s strides if it is channels-last (a convolution weight converted for speed), else row-major ones."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return tuple(t.stride())
+    strides, step = [], 1
+    for size in reversed(t.shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
 
 
 class FlatParams(dict):  # type: ignore[type-arg]

@@ -11,9 +11,11 @@ from lightning.fabric import Fabric
 from torch import nn
 
 from csfl_fabric.aggregation import FedAdam, FedAvg
+from csfl_fabric.cohort import CohortTrainer
 from csfl_fabric.data.store import ClientStore
 from csfl_fabric.faults import all_finite
 from csfl_fabric.flat import FlatParams, Layout, flat_of, flatten_module
+from csfl_fabric.state import ClientResult
 from csfl_fabric.trainer import ClientTrainer, TrainSettings, make_optimizer
 
 
@@ -24,9 +26,8 @@ def _bn_model() -> nn.Module:
 
 def test_flatten_module_keeps_state_and_shares_the_models_memory() -> None:
     model = _bn_model()
-    before = copy.deepcopy(model.state_dict())
-    x = torch.randn(6, 5)
-    out = model(x)  # a forward in train mode also updates BatchNorm's running statistics
+    model(torch.randn(6, 5))  # moves BatchNorm's running statistics off their initial values
+    reference = copy.deepcopy(model)
     before = copy.deepcopy(model.state_dict())
     flat = flatten_module(model)
     assert flat is not None
@@ -40,12 +41,13 @@ def test_flatten_module_keeps_state_and_shares_the_models_memory() -> None:
     assert torch.equal(model[0].weight.detach(), before["0.weight"] + 1)
     assert torch.equal(model[1].running_mean, before["1.running_mean"] + 1)
     assert torch.equal(flat["1.num_batches_tracked"], before["1.num_batches_tracked"])  # not floating point
-    # Still a working module: autograd reaches the (same) parameters, BatchNorm updates its buffers in place.
+    # Still the same module: same outputs, gradients reach the parameters, BatchNorm updates the buffer in place.
     flat.flat.sub_(1.0)
-    assert torch.allclose(model(x), nn.Sequential(*copy.deepcopy(list(model)))(x))
+    x = torch.randn(6, 5)
+    assert torch.allclose(model(x), reference(x))
     model(x).sum().backward()
-    assert model[0].weight.grad is not None and out.shape == (6, 3)
-    assert not torch.equal(model[1].running_mean, before["1.running_mean"])
+    assert model[0].weight.grad is not None
+    assert not torch.equal(flat["1.running_mean"], before["1.running_mean"])
 
 
 def test_flatten_module_leaves_shared_parameters_alone() -> None:
@@ -59,7 +61,8 @@ def test_flat_params_pack_clone_and_layout_matching() -> None:
     params = {"w": torch.arange(6.0).view(2, 3), "steps": torch.tensor(3), "b": torch.tensor([7.0, 8.0])}
     packed = FlatParams.pack(params)
     assert packed.flat.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 8.0]
-    assert list(packed) == ["w", "steps", "b"] and packed.layout.names == ("w", "b")
+    assert list(packed) == ["w", "steps", "b"]
+    assert packed.layout.names == ("w", "b")
     twin = packed.clone()
     twin.flat.zero_()
     assert packed["b"].tolist() == [7.0, 8.0]  # a clone has its own buffer
@@ -118,7 +121,8 @@ def test_aggregator_flat_path_matches_the_per_tensor_path(aggregator: type) -> N
         flat_agg.update(params, weight)
         dict_agg.update(dict(params), weight)
     flat_new, dict_new = flat_agg.compute(), dict_agg.compute()
-    assert isinstance(flat_new, FlatParams) and flat_new.layout == global_params.layout
+    assert isinstance(flat_new, FlatParams)
+    assert flat_new.layout == global_params.layout
     assert not isinstance(dict_new, FlatParams)
     for k in dict_new:
         torch.testing.assert_close(flat_new[k], dict_new[k], rtol=1e-6, atol=1e-7)
@@ -135,3 +139,46 @@ def test_all_finite_on_flat_params_flags_nan_inf_and_overflow() -> None:
         broken = params.clone()
         broken["b"][1] = bad
         assert not all_finite(broken)
+
+
+@pytest.mark.parametrize("backend", ["sequential", "cohort"])
+def test_trainers_report_the_norm_of_each_clients_params(backend: str) -> None:
+    """The norm read with the losses is what the fault guard checks instead of the params themselves."""
+    torch.manual_seed(2)
+    x, y = torch.randn(30, 5), torch.randint(0, 3, (30,))
+    store = ClientStore(x, y, [np.arange(0, 7), np.arange(7, 30)], seed=0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+    fabric = Fabric(accelerator="cpu", devices=1)
+    settings = TrainSettings(batch_size=4, lr=0.1)
+    trainer = (ClientTrainer(fabric, model, settings, 3) if backend == "sequential"
+               else CohortTrainer(fabric, model, settings, 3, cohort_size=2))
+    start = trainer.global_params()
+    for params, result in trainer.fit_many(start, [store.client(0, 0), store.client(1, 0)]):
+        expected = torch.linalg.vector_norm(torch.cat([t.reshape(-1) for t in params.values()])).item()
+        assert result.param_norm == pytest.approx(expected, rel=1e-5)
+        assert not result.diverged
+    for bad in (float("nan"), float("inf")):
+        assert ClientResult(0, 1, 1, 1, loss=0.5, loss_sq_sum=0.25, param_norm=bad).diverged
+
+
+def test_channels_last_weights_stay_channels_last_views_of_the_buffer() -> None:
+    """`train.channels_last` (sequential backend): conv weights keep their channels-last order in the buffer."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    x = torch.randn(5, 2, 6, 6)
+    expected = model(x)
+    model = model.to(memory_format=torch.channels_last)
+    flat = flatten_module(model)
+    assert flat is not None
+    weight = model[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert weight.untyped_storage().data_ptr() == flat.flat.untyped_storage().data_ptr()
+    torch.testing.assert_close(model(x), expected)
+    # The trainer applies it by default and not in the cohort backend, whose vmap gains nothing from it.
+    fabric = Fabric(accelerator="cpu", devices=1)
+    sequential = ClientTrainer(fabric, copy.deepcopy(model), TrainSettings(), num_classes=3)
+    cohort = CohortTrainer(fabric, copy.deepcopy(model).to(memory_format=torch.contiguous_format), TrainSettings(), 3)
+    assert sequential.model.module[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert cohort.model.module[0].weight.is_contiguous()
+    off = ClientTrainer(fabric, nn.Sequential(nn.Conv2d(2, 4, 3)), TrainSettings(channels_last=False), num_classes=3)
+    assert off.model.module[0].weight.is_contiguous()

@@ -315,6 +315,8 @@ class MemoryPolicies(MemoryPolicy):
 
     def __init__(self, *policies: MemoryPolicy) -> None:
         self.policies = list(policies)
+        # `client_end` runs after every client: only the policies that do something there.
+        self._client_policies = [p for p in self.policies if type(p).client_end is not MemoryPolicy.client_end]
 
     def run_start(self) -> None:
         """Start every policy."""
@@ -328,7 +330,7 @@ class MemoryPolicies(MemoryPolicy):
 
     def client_end(self) -> None:
         """Run every policy's `client_end`."""
-        for p in self.policies:
+        for p in self._client_policies:
             p.client_end()
         self._gather_stop()
 
