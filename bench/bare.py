@@ -17,13 +17,15 @@ from torch import Tensor, nn
 
 def bare_fedavg(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray], *, rounds: int, per_round: int,
                 batch_size: int, lr: float, seed: int = 0, autocast: bool = False,
-                rng: np.random.Generator | None = None, clock: Callable[[], float] = time.perf_counter) -> list[float]:
+                rng: np.random.Generator | None = None, clock: Callable[[], float] = time.perf_counter,
+                before_round: Callable[[], None] | None = None) -> list[float]:
     """Run ``rounds`` rounds of FedAvg (1 local epoch, SGD) and return the seconds of each round.
 
     Runs on ``x``'s device (``model`` must be there too); ``autocast`` runs the forward in bfloat16 autocast.
     ``rng`` draws the clients of each round: pass csfl_fabric's selection stream to train the same clients
     as `heuristic.random` (per-round cost depends on the sizes of the chosen clients). ``clock`` reads the time
     (``time.process_time`` counts only this process's CPU time, robust on a machine shared with others).
+    ``before_round`` is called before each round, outside its time (the speed bench's lockstep).
     """
     rng = rng if rng is not None else np.random.default_rng(seed)
     device = x.device
@@ -34,6 +36,8 @@ def bare_fedavg(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray],
     gen = torch.Generator().manual_seed(seed)
     times = []
     for _ in range(rounds):
+        if before_round is not None:
+            before_round()
         start = clock()
         chosen = rng.choice(len(parts), size=per_round, replace=False)
         acc = [torch.zeros_like(t, dtype=torch.float32) for t in global_w]

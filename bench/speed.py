@@ -1,10 +1,13 @@
 """Speed: median seconds per round of csfl_fabric's backends against a bare PyTorch FedAvg loop.
 
 One invocation runs every contender in its own fresh process (so no contender inherits another's
-allocator or thread state), alternating contenders within each repetition, and prints the median
-seconds per round over all timed rounds and the ratio to the bare loop measured in the same invocation:
-the median over repetitions of each repetition's ratio (its median round against the bare loop's median
-round in that repetition, run just before it), since a shared machine's speed drifts over minutes.
+allocator or thread state). The processes of a repetition start together and then take turns round by
+round (bare, sequential, cohort, bare, ...) on one core: each waits at its round boundary, outside its
+timed round, until the others have run theirs. A contender's round r trains the same clients as the bare
+loop's round r, and the two run on the same core well under a second apart, so this shared machine's
+swings in speed (other people's jobs shift them within seconds, and one core can run slower than the
+other for minutes) hit both alike; repetitions take the cores in turn. The ratio printed is the median over repetitions and rounds of each
+round's time against the bare loop's same round; median seconds per round are printed too.
 
 Workloads (small CNN, 1 local epoch, batch 16, SGD lr 0.05, heuristic.random selection, 1 thread):
     W      digits, 100 clients, Dirichlet(0.5), 10 clients per round, 30 rounds
@@ -20,11 +23,13 @@ meaningful on a machine shared with other jobs (wall time there mostly measures 
 ``--clock wall`` (the default on CUDA, where work runs outside the process's CPU time) counts elapsed time.
 
     python bench/speed.py [--workloads W W-big] [--reps 5] [--device cpu] [--precision 32-true] [--clock cpu]
+        [--set train.channels_last=false ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -32,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,28 +68,38 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 class RoundTimer:
-    """Seconds between consecutive round starts: everything a round costs, hooks and logging included."""
+    """Seconds from each round's start to the next one's: everything a round costs, hooks and logging included.
 
-    def __init__(self, device: str, clock: str) -> None:
+    At each round boundary it first closes the previous round, then waits for its turn (``sync``), then
+    starts the next: the wait is in no round.
+    """
+
+    def __init__(self, device: str, clock: str, sync: Callable[[], None]) -> None:
         self.cuda = device == "cuda"
         self.clock = CLOCKS[clock]
-        self.starts: list[float] = []
+        self.sync = sync
+        self.started: float | None = None
+        self.times: list[float] = []
 
     def on_round_start(self) -> None:
         if self.cuda:
             torch.cuda.synchronize()  # the previous round's kernels belong to the previous round
-        self.starts.append(self.clock())
+        if self.started is not None:
+            self.times.append(self.clock() - self.started)
+        self.sync()
+        self.started = self.clock()
 
 
-def worker(contender: str, workload: str, device: str, precision: str, clock: str) -> list[float]:
-    """The timed rounds of one contender on one workload, in this process."""
+def worker(contender: str, workload: str, device: str, precision: str, clock: str, sets: list[str],
+           sync: Callable[[], None]) -> list[float]:
+    """The timed rounds of one contender on one workload, in this process (round 0, the warm-up, left out)."""
     from csfl_fabric.build import build_dataset, build_run, stream
     from csfl_fabric.config import load_config
     from csfl_fabric.registry import MODELS
 
     rounds = WORKLOADS[workload]["rounds"] + 2  # + a warm-up round and an evaluating round, both untimed
     with tempfile.TemporaryDirectory() as tmp:
-        backend = [] if contender == "bare" else [f"train.backend={contender}"]
+        backend = [] if contender == "bare" else [f"train.backend={contender}", *sets]
         cfg = load_config(REPO / "configs" / "quickstart.yaml",
                           [*overrides(workload, device, precision, rounds, tmp), *backend])
         if contender == "bare":
@@ -95,22 +111,69 @@ def worker(contender: str, workload: str, device: str, precision: str, clock: st
             times = bare_fedavg(model.to(device), dataset.x_train.to(device), dataset.y_train.to(device), parts,
                                 rounds=rounds - 1, per_round=cfg.rounds.clients_per_round, batch_size=16, lr=0.05,
                                 autocast=precision == "bf16-mixed", rng=stream(cfg.seed, "selection"),
-                                clock=CLOCKS[clock])
+                                clock=CLOCKS[clock], before_round=sync)
             return times[1:]
-        timer = RoundTimer(device, clock)
+        timer = RoundTimer(device, clock, sync)
         run = build_run(cfg, callbacks=[timer])
         run.run_dir.mkdir(parents=True, exist_ok=True)
         run.orchestrator.run()
-        starts = timer.starts
-        return [b - a for a, b in zip(starts[1:-1], starts[2:], strict=False)]
+        return timer.times[1:]
 
 
-def spawn(contender: str, workload: str, device: str, precision: str, clock: str) -> list[float]:
-    cmd = [sys.executable, __file__, "--worker", contender, "--workloads", workload, "--device", device,
-           "--precision", precision, "--clock", clock]
+def pipe_sync(ready_fd: int, go_fd: int, cpu: int) -> Callable[[], None]:
+    """A worker's turn-taking: say "at a boundary", then wait for "go".
+
+    From its first boundary on (set up, concurrently with the others) a worker runs on core ``cpu``, the
+    one every contender of the repetition uses: on a shared VM one core can run markedly slower than
+    another for minutes, and contenders on different cores would measure the cores, not themselves.
+    """
+    pinned = False
+
+    def sync() -> None:
+        nonlocal pinned
+        os.write(ready_fd, b"r")
+        if not os.read(go_fd, 1):
+            raise SystemExit("speed bench: the parent process went away")
+        if not pinned and cpu >= 0 and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {cpu})
+            pinned = True
+
+    return sync
+
+
+def lockstep(contenders: list[str], workload: str, device: str, precision: str, clock: str, sets: list[str],
+             cpu: int) -> dict[str, list[float]]:
+    """One repetition: every contender in its own process, taking turns round by round; their round times."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    ready: dict[str, int] = {}
+    go: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        for c in contenders:
+            ready_r, ready_w = os.pipe()
+            go_r, go_w = os.pipe()
+            cmd = [sys.executable, __file__, "--worker", c, "--workloads", workload, "--device", device, "--precision",
+                   precision, "--clock", clock, "--sync", str(ready_w), str(go_r), str(cpu), "--set", *sets]
+            # Output to files, not pipes: a worker blocked on a full pipe would stall the turn-taking.
+            out, err = (stack.enter_context(open(Path(tmp) / f"{c}.{x}", "wb")) for x in ("out", "err"))
+            procs[c] = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, pass_fds=(ready_w, go_r))
+            os.close(ready_w)
+            os.close(go_r)
+            ready[c], go[c] = ready_r, go_w
+            stack.callback(os.close, ready_r)
+            stack.callback(os.close, go_w)
+        running = [c for c in contenders if os.read(ready[c], 1)]  # set up (concurrently), at a first boundary
+        while running:
+            for c in list(running):
+                os.write(go[c], b"g")
+                if not os.read(ready[c], 1):  # it ran its last round and exited
+                    running.remove(c)
+        times = {}
+        for c, proc in procs.items():
+            if proc.wait():
+                raise SystemExit(f"speed bench: the {c} worker failed:\n{(Path(tmp) / f'{c}.err').read_text()[-3000:]}")
+            times[c] = json.loads((Path(tmp) / f"{c}.out").read_text().strip().splitlines()[-1])
+    return times
 
 
 def main() -> None:
@@ -121,31 +184,34 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--clock", choices=list(CLOCKS), help="default: cpu on CPU, wall on CUDA")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for the csfl_fabric contenders, e.g. train.channels_last=false")
     parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--sync", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     clock = args.clock or ("cpu" if args.device == "cpu" else "wall")
     if args.worker:
-        print(json.dumps(worker(args.worker, args.workloads[0], args.device, args.precision, clock)))
+        sync = pipe_sync(*args.sync)
+        print(json.dumps(worker(args.worker, args.workloads[0], args.device, args.precision, clock, args.set, sync)))
         return
     contenders = ["bare", *[c for c in args.contenders if c != "bare"]]
-    print(f"device={args.device} precision={args.precision} clock={clock} reps={args.reps} torch={torch.__version__}")
+    print(f"device={args.device} precision={args.precision} clock={clock} reps={args.reps} torch={torch.__version__}"
+          + (f" set={' '.join(args.set)}" if args.set else ""))
     print(f"{'workload':<10}{'contender':<12}{'median s/round':>16}{'x bare':>8}  {'target':<13}x bare in each rep")
     for workload in args.workloads:
-        times: dict[str, list[list[float]]] = {c: [] for c in contenders}
-        for _ in range(args.reps):
-            for contender in contenders:  # alternate, so drifts in machine load hit every contender alike
-                times[contender].append(spawn(contender, workload, args.device, args.precision, clock))
-        bare = [statistics.median(rep) for rep in times["bare"]]
+        # Each repetition on one core, the next on the next one: every core the machine gives is sampled.
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [-1]
+        reps = [lockstep(contenders, workload, args.device, args.precision, clock, args.set, cpus[k % len(cpus)])
+                for k in range(args.reps)]
         for contender in contenders:
-            medians = [statistics.median(rep) for rep in times[contender]]
-            # Each repetition's ratio against the bare loop run just before it, then the median over repetitions:
-            # the machine's speed drifts over minutes, and neighbouring processes see about the same machine.
-            ratio = statistics.median(m / b for m, b in zip(medians, bare, strict=True))
-            median = statistics.median(t for rep in times[contender] for t in rep)
+            # Round r of a contender against round r of the bare loop: same clients, seconds apart.
+            per_rep = [[t / b for t, b in zip(rep[contender], rep["bare"], strict=True)] for rep in reps]
+            ratio = statistics.median(r for rep in per_rep for r in rep)
+            median = statistics.median(t for rep in reps for t in rep[contender])
             target = TARGETS.get((contender, workload))
             verdict = "" if target is None else f"<={target:.2f} {'met' if ratio <= target else 'MISSED'}"
-            per_rep = " ".join(f"{m / b:.2f}" for m, b in zip(medians, bare, strict=True))
-            print(f"{workload:<10}{contender:<12}{median:>16.4f}{ratio:>8.2f}  {verdict:<13}{per_rep}", flush=True)
+            each = " ".join(f"{statistics.median(rep):.2f}" for rep in per_rep)
+            print(f"{workload:<10}{contender:<12}{median:>16.4f}{ratio:>8.2f}  {verdict:<13}{each}", flush=True)
 
 
 if __name__ == "__main__":
