@@ -6,8 +6,9 @@ round (bare, sequential, cohort, bare, ...) on one core: each waits at its round
 timed round, until the others have run theirs. A contender's round r trains the same clients as the bare
 loop's round r, and the two run on the same core well under a second apart, so this shared machine's
 swings in speed (other people's jobs shift them within seconds, and one core can run slower than the
-other for minutes) hit both alike; repetitions take the cores in turn. The ratio printed is the median over repetitions and rounds of each
-round's time against the bare loop's same round; median seconds per round are printed too.
+other for minutes) hit both alike; repetitions take the cores in turn. The ratio printed is the median,
+over repetitions and rounds, of each round's time against the bare loop's same round; the median seconds
+per round are printed too.
 
 Workloads (small CNN, 1 local epoch, batch 16, SGD lr 0.05, heuristic.random selection, 1 thread):
     W      digits, 100 clients, Dirichlet(0.5), 10 clients per round, 30 rounds
@@ -141,6 +142,12 @@ def pipe_sync(ready_fd: int, go_fd: int, cpu: int) -> Callable[[], None]:
     return sync
 
 
+def core(rep: int) -> int:
+    """The core of repetition ``rep``: each takes the next, so that every core the machine gives is sampled."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [-1]
+    return cpus[rep % len(cpus)]
+
+
 def lockstep(contenders: list[str], workload: str, device: str, precision: str, clock: str, sets: list[str],
              cpu: int) -> dict[str, list[float]]:
     """One repetition: every contender in its own process, taking turns round by round; their round times."""
@@ -199,9 +206,7 @@ def main() -> None:
           + (f" set={' '.join(args.set)}" if args.set else ""))
     print(f"{'workload':<10}{'contender':<12}{'median s/round':>16}{'x bare':>8}  {'target':<13}x bare in each rep")
     for workload in args.workloads:
-        # Each repetition on one core, the next on the next one: every core the machine gives is sampled.
-        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [-1]
-        reps = [lockstep(contenders, workload, args.device, args.precision, clock, args.set, cpus[k % len(cpus)])
+        reps = [lockstep(contenders, workload, args.device, args.precision, clock, args.set, core(k))
                 for k in range(args.reps)]
         for contender in contenders:
             # Round r of a contender against round r of the bare loop: same clients, seconds apart.
