@@ -65,20 +65,19 @@ class _Plan:
         num_steps = [len(b) for b in per_client]
         steps, n = max(num_steps, default=0), len(clients)
         device = clients[0].indices.device
-        lengths = torch.zeros(steps, n, dtype=torch.long)
-        rows: list[int] = []
-        for i, batches in enumerate(per_client):
-            lengths[: len(batches), i] = torch.tensor([len(b) for b in batches], dtype=torch.long)
-            rows += [t * n + i for t in range(len(batches))]
-        width = int(lengths.max()) if steps else 0
+        # Built as Python lists and turned into tensors once: per-client tensors cost more than the chunk's step.
+        sizes = [[len(b) for b in batches] + [0] * (steps - len(batches)) for batches in per_client]
+        rows = [t * n + i for i, batches in enumerate(per_client) for t in range(len(batches))]
+        lengths = torch.tensor(sizes, dtype=torch.long).T.reshape(steps, n)
+        width = max((max(sz) for sz in sizes), default=0) if steps else 0
         index = torch.zeros(steps * n, width, dtype=torch.long, device=device)
         if rows:
             # One padded gather for the whole chunk instead of one small copy per batch (kernel launches on CUDA).
             index[torch.tensor(rows, device=device)] = pad_sequence([b for bs in per_client for b in bs], True)
-        all_active = (lengths > 0).all(1).tolist()
+        all_active = [all(sz[t] for sz in sizes) for t in range(steps)]
         lengths = lengths.to(device)
         mask = torch.arange(width, device=device) < lengths.unsqueeze(-1)
-        return cls(index.view(steps, n, width), mask, lengths > 0, all_active, num_steps, lengths.sum(0).tolist())
+        return cls(index.view(steps, n, width), mask, lengths > 0, all_active, num_steps, [sum(sz) for sz in sizes])
 
 
 class CohortTrainer(ClientTrainer):

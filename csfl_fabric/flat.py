@@ -14,6 +14,7 @@ receive one with the layout they expect.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -57,18 +58,31 @@ class Layout:
 
         Leading dimensions are kept: a ``(clients, numel)`` buffer gives ``(clients, *shape)`` views.
         """
-        lead, lead_strides, base = flat.shape[:-1], flat.stride()[:-1], flat.storage_offset()
+        lead = flat.shape[:-1]
+        if self.row_major:  # one split and a view each: a third of the cost of as_strided per entry
+            parts = flat.split([shape.numel() for shape in self.shapes], dim=-1)
+            return {k: part.view(*lead, *shape) for k, part, shape in zip(self.names, parts, self.shapes, strict=True)}
+        lead_strides, base = flat.stride()[:-1], flat.storage_offset()
         spans = zip(self.names, self.shapes, self.strides, self.offsets, strict=True)
         return {k: flat.as_strided((*lead, *shape), (*lead_strides, *stride), base + o) for k, shape, stride, o in
                 spans}
+
+    @cached_property
+    def row_major(self) -> bool:
+        """True when no entry keeps another memory format (e.g. channels-last)."""
+        return all(stride == _row_major(shape) for shape, stride in zip(self.shapes, self.strides, strict=True))
 
 
 def _dense_strides(t: Tensor) -> tuple[int, ...]:
     """``t``'s strides if it is channels-last (a convolution weight converted for speed), else row-major ones."""
     if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
         return tuple(t.stride())
+    return _row_major(t.shape)
+
+
+def _row_major(shape: torch.Size) -> tuple[int, ...]:
     strides, step = [], 1
-    for size in reversed(t.shape):
+    for size in reversed(shape):
         strides.append(step)
         step *= max(size, 1)
     return tuple(reversed(strides))
