@@ -204,7 +204,7 @@ def main() -> None:
     contenders = ["bare", *[c for c in args.contenders if c != "bare"]]
     print(f"device={args.device} precision={args.precision} clock={clock} reps={args.reps} torch={torch.__version__}"
           + (f" set={' '.join(args.set)}" if args.set else ""))
-    print(f"{'workload':<10}{'contender':<12}{'median s/round':>16}{'x bare':>8}  {'target':<13}x bare in each rep")
+    print(f"{'workload':<10}{'contender':<12}{'median s/round':>16}{'x bare':>8}  {'target':<14}x bare in each rep")
     for workload in args.workloads:
         reps = [lockstep(contenders, workload, args.device, args.precision, clock, args.set, core(k))
                 for k in range(args.reps)]
@@ -216,7 +216,7 @@ def main() -> None:
             target = TARGETS.get((contender, workload))
             verdict = "" if target is None else f"<={target:.2f} {'met' if ratio <= target else 'MISSED'}"
             each = " ".join(f"{statistics.median(rep):.2f}" for rep in per_rep)
-            print(f"{workload:<10}{contender:<12}{median:>16.4f}{ratio:>8.2f}  {verdict:<13}{each}", flush=True)
+            print(f"{workload:<10}{contender:<12}{median:>16.4f}{ratio:>8.2f}  {verdict:<14}{each}", flush=True)
 
 
 if __name__ == "__main__":
