@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,16 @@ def test_client_hooks_fire_per_client_in_selection_order(smoke: list[str]) -> No
     clients = [arg for name, arg in rec.calls if name in ("on_client_start", "on_client_end")]
     assert clients[0::2] == clients[1::2]
     assert len(set(clients)) == 5
+
+
+@pytest.mark.parametrize("backend", ["sequential", "cohort"])
+@pytest.mark.parametrize("precision", ["bf16-true", "bf16-mixed"])
+def test_a_cnn_run_in_bf16_learns_with_either_backend(smoke: list[str], backend: str, precision: str) -> None:
+    """Half precision end to end: the study's FLOP count, flat weights in bf16, the norms, the aggregate."""
+    result = run(SMOKE, [*smoke, "train.model=cnn", f"fabric.precision={precision}", f"train.backend={backend}"])
+    accs = [float(m["eval/acc"]) for m in result.metrics]
+    assert len(accs) == 3
+    assert accs[-1] > 0.3  # 10 classes: well above chance after three rounds
+    assert json.loads((result.run_dir / "study.json").read_text())["forward_flops_per_sample"] > 0
+    assert all(p.dtype == (torch.bfloat16 if precision == "bf16-true" else torch.float32)
+               for p in result.params.values() if p.is_floating_point())

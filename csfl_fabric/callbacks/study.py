@@ -75,9 +75,12 @@ class StudyMetrics(Callback):
             self._restore(run_dir, state.round)
             return
         initial = orchestrator.trainer.evaluate(orchestrator.global_params, *orchestrator.test_data)
+        # As the trainer runs the model: inputs in the precision's dtype, under its context (bf16-true, -mixed).
+        precision = orchestrator.fabric.strategy.precision
+        with precision.forward_context():
+            flops = forward_flops_per_sample(orchestrator.trainer.model.module, precision.convert_input(store.x[:1]))
         self.info = {"initial_acc": initial["eval/acc"], "model_bytes": params_bytes(orchestrator.global_params),
-                     "forward_flops_per_sample": forward_flops_per_sample(orchestrator.trainer.model.module,
-                                                                          store.x[:1])}
+                     "forward_flops_per_sample": flops}
         if info_path is not None and self._writes:
             info_path.parent.mkdir(parents=True, exist_ok=True)
             write_json(info_path, self.info)
