@@ -30,6 +30,7 @@ class Layout:
         keys: every entry's name, in the params' order.
         names: the floating-point entries, in buffer order (the params' order).
         shapes: their shapes.
+        strides: their strides within the buffer (row-major, or channels-last for a converted convolution weight).
         offsets: where each starts in the buffer.
         numel: length of the buffer.
     """
@@ -125,6 +126,10 @@ class FlatParams(dict):  # type: ignore[type-arg]
             torch._foreach_copy_(list(views.values()), [params[k].detach() for k in views])
         others = {k: params[k].detach().clone() for k in layout.keys if k not in views}
         return cls.of(flat, layout, others)
+
+    def copy(self) -> FlatParams:  # type: ignore[override]
+        """A shallow copy that keeps its buffer and layout (``dict.copy`` would return a plain dict)."""
+        return FlatParams.wrap(self, self.flat, self.layout)
 
     def clone(self) -> FlatParams:
         """A copy with its own buffer."""

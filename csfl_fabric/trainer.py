@@ -175,8 +175,7 @@ class ClientTrainer:
             loss_sq_sum=sq_total,
             param_norm=norm,
         )
-        return (FlatParams.wrap(self._views, self._views.flat, self._views.layout)
-                if isinstance(self._views, FlatParams) else dict(self._views)), result
+        return self._views.copy(), result
 
     def _zero_grad(self) -> None:
         for p in self._params:  # what zero_grad(set_to_none=True) does, without its per-call wrappers

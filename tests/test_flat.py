@@ -63,6 +63,9 @@ def test_flat_params_pack_clone_and_layout_matching() -> None:
     assert packed.flat.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 8.0]
     assert list(packed) == ["w", "steps", "b"]
     assert packed.layout.names == ("w", "b")
+    shallow = packed.copy()
+    assert isinstance(shallow, FlatParams)
+    assert shallow.flat is packed.flat
     twin = packed.clone()
     twin.flat.zero_()
     assert packed["b"].tolist() == [7.0, 8.0]  # a clone has its own buffer
