@@ -11,7 +11,7 @@ import torch
 from csfl_fabric.callbacks.memory import emergency_cleanup
 from csfl_fabric.data.store import ClientData
 from csfl_fabric.errors import RunFailed, RunInterrupted
-from csfl_fabric.flat import FlatParams
+from csfl_fabric.flat import FlatParams, l2_norm
 from csfl_fabric.state import ClientResult, Params
 from csfl_fabric.trainer import ClientTrainer
 
@@ -24,7 +24,7 @@ def all_finite(params: Params) -> bool:
     """
     # A norm is NaN or inf iff some entry is (or the finite entries are astronomically large: diverged too).
     if isinstance(params, FlatParams):
-        return math.isfinite(torch.linalg.vector_norm(params.flat).item())
+        return math.isfinite(l2_norm(params.flat).item())
     floats = [t for t in params.values() if t.is_floating_point()]
     return not floats or math.isfinite(torch.stack(torch._foreach_norm(floats)).sum().item())
 

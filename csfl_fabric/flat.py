@@ -137,6 +137,15 @@ class FlatParams(dict):  # type: ignore[type-arg]
         return FlatParams.of(self.flat.clone(), self.layout, others)
 
 
+def l2_norm(flat: Tensor, dim: int | None = None) -> Tensor:
+    """L2 norm of ``flat`` (along ``dim``), accumulated in float32 at least: a float16 norm overflows at 65504.
+
+    Float32 input is not given ``dtype``: asking for it costs a cast pass (1.5 -> 2.3 ms for 50 W-big clients).
+    """
+    half = flat.dtype in (torch.float16, torch.bfloat16)
+    return torch.linalg.vector_norm(flat, dim=dim, dtype=torch.float32 if half else None)
+
+
 def flat_of(params: Params, layout: Layout | None) -> Tensor | None:
     """``params.flat`` when ``params`` is a `FlatParams` laid out as ``layout``, else None."""
     if isinstance(params, FlatParams) and layout is not None and (params.layout is layout or params.layout == layout):

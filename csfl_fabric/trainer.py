@@ -20,7 +20,7 @@ from torchmetrics.classification import (
 
 from csfl_fabric.callbacks.memory import register_releasable
 from csfl_fabric.data.store import ClientData
-from csfl_fabric.flat import FlatParams, flat_of, flatten_module
+from csfl_fabric.flat import FlatParams, flat_of, flatten_module, l2_norm
 from csfl_fabric.state import ClientResult, Params
 
 
@@ -263,7 +263,7 @@ class ClientTrainer:
 
 def _client_stats(losses: list[Tensor], flat: Tensor | None) -> tuple[float, float, float | None]:
     """Sum and sum of squares of the per-sample ``losses``, and the norm of ``flat`` if given, in one host sync."""
-    norm = [] if flat is None else [torch.linalg.vector_norm(flat, dtype=torch.float32)]
+    norm = [] if flat is None else [l2_norm(flat)]
     if not losses:  # a client without samples
         return 0.0, 0.0, norm[0].item() if norm else None
     per_sample = torch.cat(losses) if len(losses) > 1 else losses[0]

@@ -14,7 +14,7 @@ from csfl_fabric.aggregation import FedAdam, FedAvg
 from csfl_fabric.cohort import CohortTrainer
 from csfl_fabric.data.store import ClientStore
 from csfl_fabric.faults import all_finite
-from csfl_fabric.flat import FlatParams, Layout, flat_of, flatten_module
+from csfl_fabric.flat import FlatParams, Layout, flat_of, flatten_module, l2_norm
 from csfl_fabric.state import ClientResult
 from csfl_fabric.trainer import ClientTrainer, TrainSettings, make_optimizer
 
@@ -142,6 +142,14 @@ def test_all_finite_on_flat_params_flags_nan_inf_and_overflow() -> None:
         broken = params.clone()
         broken["b"][1] = bad
         assert not all_finite(broken)
+
+
+def test_l2_norm_of_half_precision_does_not_overflow() -> None:
+    half = torch.full((10_000,), 1000.0, dtype=torch.float16)  # norm 1e5, past float16's 65504
+    assert l2_norm(half).dtype == torch.float32
+    assert l2_norm(half).item() == pytest.approx(1e5, rel=1e-5)
+    rows = torch.randn(3, 50)
+    torch.testing.assert_close(l2_norm(rows, dim=1), rows.double().norm(dim=1).float())
 
 
 @pytest.mark.parametrize("backend", ["sequential", "cohort"])
