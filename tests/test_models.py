@@ -82,3 +82,14 @@ def test_factories_take_documented_params():
     assert "hidden" in MODELS.param_names("mlp")
     assert "norm" in MODELS.param_names("resnet18")
     assert sum(p.numel() for p in _build("mlp", (60,)).parameters()) == 60 * 200 + 200 + 200 * 200 + 200 + 2010
+
+
+def test_grid_passes_a_map_of_its_size_through_and_pools_others() -> None:
+    from csfl_fabric.models import Grid
+
+    x = torch.randn(2, 3, 4, 4)
+    assert Grid(4)(x) is x  # no copy, no pass: an adaptive pool to the same size is the identity
+    big = torch.randn(2, 3, 8, 6)
+    torch.testing.assert_close(Grid(4)(big), F.adaptive_avg_pool2d(big, 4))
+    torch.testing.assert_close(Grid((4, None))(big), F.adaptive_avg_pool2d(big, (4, None)))
+    torch.testing.assert_close(Grid(4)(x), F.adaptive_avg_pool2d(x, 4))  # and the identity is exact
