@@ -80,6 +80,20 @@ def test_chunks_smaller_than_the_round_match_too() -> None:
     _compare(TrainSettings(batch_size=4, lr=0.05, momentum=0.9), cohort_size=2)
 
 
+def test_each_client_gets_its_own_dict_over_the_reused_rows() -> None:
+    """Row views are made once per buffer; a consumer that edits its dict must not change the next client's."""
+    store = _store()
+    trainer = CohortTrainer(Fabric(accelerator="cpu", devices=1), _model(), TrainSettings(batch_size=4, lr=0.1), 4,
+                            cohort_size=2)
+    start = trainer.global_params()
+    first, _ = next(trainer.fit_many(start, [store.client(0, 1)]))
+    key = next(iter(first))
+    first.pop(key)
+    second, _ = next(trainer.fit_many(start, [store.client(1, 1)]))
+    assert list(second) == list(start)
+    assert second.flat.data_ptr() == first.flat.data_ptr()  # the same row of the same buffer, rewritten
+
+
 def test_finished_clients_do_not_move() -> None:
     # Momentum + weight decay would keep moving a client after its last step if the update were not gated.
     store = _store()
