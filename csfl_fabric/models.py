@@ -46,7 +46,7 @@ class Grid(nn.AdaptiveAvgPool2d):
     def forward(self, x: Tensor) -> Tensor:
         """``x`` itself if its last two dims are the output size, else its adaptive average pool."""
         size = self.output_size
-        target = (size, size) if isinstance(size, int) else tuple(size)
+        target = size if isinstance(size, tuple) else (size, size)
         return x if all(t is None or t == s for t, s in zip(target, x.shape[-2:], strict=True)) else super().forward(x)
 
 
