@@ -34,11 +34,13 @@ def batch_indices(indices: Tensor, seed: int, batch_size: int, epochs: int, step
     generator = torch.Generator().manual_seed(seed)
     yielded = 0
     for _ in itertools.count() if steps is not None else range(epochs):
-        order = indices[torch.randperm(n, generator=generator).to(indices.device)]
+        # index_select and no slice of a one-batch epoch: ~17 instead of ~25 us a client, which the cohort
+        # trainer pays for every client of a chunk before training it.
+        order = indices.index_select(0, torch.randperm(n, generator=generator).to(indices.device))
         for start in range(0, n, batch_size):
             if yielded == steps:
                 return
-            yield order[start : start + batch_size]
+            yield order if n <= batch_size else order[start : start + batch_size]
             yielded += 1
 
 
