@@ -137,6 +137,30 @@ class FlatParams(dict):  # type: ignore[type-arg]
         return FlatParams.of(self.flat.clone(), self.layout, others)
 
 
+class ChunkRow(dict):  # type: ignore[type-arg]
+    """`Params` of one client of a cohort chunk: views of row ``index`` of the chunk's stacked tensors.
+
+    ``chunk`` maps the floating-point entries to ``(clients, *shape)`` tensors (a stride-0 dimension for an
+    entry that every client keeps at its start value). Whoever can take many rows at once reads them from there:
+    the aggregator folds a chunk in with one matrix-vector product per entry instead of one add per client.
+
+    >>> chunk = {"w": torch.arange(6.0).view(3, 2)}
+    >>> row = ChunkRow.of({"w": chunk["w"][1]}, chunk, 1)
+    >>> row["w"].tolist(), row.index
+    ([2.0, 3.0], 1)
+    """
+
+    chunk: dict[str, Tensor]
+    index: int
+
+    @classmethod
+    def of(cls, entries: Params, chunk: dict[str, Tensor], index: int) -> ChunkRow:
+        """``entries`` (row ``index`` of each of ``chunk``'s tensors, and the other entries) with their chunk."""
+        out = cls(entries)
+        out.chunk, out.index = chunk, index
+        return out
+
+
 def l2_norm(flat: Tensor, dim: int | None = None) -> Tensor:
     """L2 norm of ``flat`` (along ``dim``), accumulated in float32 at least: a float16 norm overflows at 65504.
 

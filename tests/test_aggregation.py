@@ -9,6 +9,7 @@ import torch
 
 import csfl_fabric.aggregation  # noqa: F401  (registers the aggregators)
 from csfl_fabric.aggregation import Aggregator, FedAvg, weighted_mean
+from csfl_fabric.flat import ChunkRow
 from csfl_fabric.registry import AGGREGATORS
 
 SHAPES = {"w": (3, 2), "b": (2,)}
@@ -106,6 +107,55 @@ def test_reduce_combines_partial_sums_like_two_processes():
         new = agg.compute()
         for k in SHAPES:
             torch.testing.assert_close(new[k], expected[k])
+
+
+def _chunk(clients: list[dict[str, torch.Tensor]]) -> list[ChunkRow]:
+    """The rows a cohort chunk yields for ``clients``, plus a buffer ``n`` every client keeps (stride 0)."""
+    chunk = {k: torch.stack([c[k] for c in clients]) for k in SHAPES}
+    chunk["n"] = torch.full((1,), 0.5).expand(len(clients), 1)
+    rows = [{k: chunk[k][i] for k in [*SHAPES, "n"]} for i in range(len(clients))]
+    return [ChunkRow.of(row, chunk, i) for i, row in enumerate(rows)]
+
+
+def test_chunk_rows_fold_in_like_separate_clients():
+    """Rows of a cohort chunk are folded in with one product per entry when the chunk ends: same mean as one
+    add per client, a skipped (NaN) row and a weight-0 row left out, rows of two chunks and a plain dict mixed."""
+    g = torch.Generator().manual_seed(4)
+    global_params = {**_params(g), "n": torch.full((1,), 0.5)}
+    clients = [{**_params(g), "n": torch.full((1,), 0.5)} for _ in range(7)]
+    first, second = _chunk(clients[:4]), _chunk(clients[4:6])
+    first[1]["w"].fill_(float("nan"))  # a diverged client: the guard never hands it to `update`
+    first[2]["b"].fill_(float("inf"))
+    weights = [1.0, 0.0, 0.0, 3.0, 2.0, 5.0, 4.0]
+    agg = FedAvg()
+    agg.reset(global_params)
+    for params, w in [(first[0], 1.0), (first[2], 0.0), (first[3], 3.0), (second[0], 2.0), (clients[6], 4.0),
+                      (second[1], 5.0)]:
+        agg.update(params, w)
+    new = agg.compute()
+    kept = [0, 3, 4, 5, 6]
+    for k in SHAPES:
+        expected = _np_mean([clients[i] for i in kept], [weights[i] for i in kept], k)
+        np.testing.assert_allclose(new[k].numpy(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(new["n"], global_params["n"])
+
+
+def test_chunk_rows_are_folded_before_reduce():
+    g = torch.Generator().manual_seed(5)
+    global_params, clients = _params(g), [_params(g) for _ in range(3)]
+    expected = _round(FedAvg(), global_params, clients, [1.0, 2.0, 3.0])
+    agg = FedAvg()
+    agg.reset(global_params)
+    chunk = [{k: v for k, v in row.items() if k in SHAPES} for row in _chunk(clients)]
+    for row, src, w in zip(chunk, _chunk(clients), [1.0, 2.0, 3.0], strict=True):
+        agg.update(ChunkRow.of(row, src.chunk, src.index), w)
+    sums = []
+    agg.reduce(lambda t: sums.append(t.clone()))  # what a collective would send: the rows must be in it
+    assert sums[1].item() == 6.0
+    assert sums[0].abs().sum() > 0
+    new = agg.compute()
+    for k in SHAPES:
+        torch.testing.assert_close(new[k], expected[k])
 
 
 # --- server optimizers against numpy references (Reddi et al. 2021, Algorithm 2) --------------------------------

@@ -80,18 +80,20 @@ def test_chunks_smaller_than_the_round_match_too() -> None:
     _compare(TrainSettings(batch_size=4, lr=0.05, momentum=0.9), cohort_size=2)
 
 
-def test_each_client_gets_its_own_dict_over_the_reused_rows() -> None:
-    """Row views are made once per buffer; a consumer that edits its dict must not change the next client's."""
+def test_rows_are_views_of_their_chunk_and_outlive_later_chunks() -> None:
+    """A client's params are views of its chunk's stacked tensors, which later chunks do not overwrite."""
     store = _store()
-    trainer = CohortTrainer(Fabric(accelerator="cpu", devices=1), _model(), TrainSettings(batch_size=4, lr=0.1), 4,
-                            cohort_size=2)
+    settings = TrainSettings(batch_size=4, lr=0.1)
+    trainer = CohortTrainer(Fabric(accelerator="cpu", devices=1), _model(), settings, 4, cohort_size=2)
     start = trainer.global_params()
-    first, _ = next(trainer.fit_many(start, [store.client(0, 1)]))
-    key = next(iter(first))
-    first.pop(key)
-    second, _ = next(trainer.fit_many(start, [store.client(1, 1)]))
-    assert list(second) == list(start)
-    assert second.flat.data_ptr() == first.flat.data_ptr()  # the same row of the same buffer, rewritten
+    clients = [store.client(c, 1) for c in range(store.num_clients)]
+    kept = list(trainer.fit_many(start, clients))  # three chunks, no copies taken
+    cloned = _fit_all(CohortTrainer(Fabric(accelerator="cpu", devices=1), _model(), settings, 4, cohort_size=2), store)
+    for (row, _), (copy, _) in zip(kept, cloned, strict=True):
+        assert list(row) == list(start)
+        for k in row:
+            torch.testing.assert_close(row[k], copy[k], rtol=0, atol=0)
+            assert row[k].data_ptr() == row.chunk[k][row.index].data_ptr()
 
 
 def test_finished_clients_do_not_move() -> None:
