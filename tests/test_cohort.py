@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 from lightning.fabric import Fabric
 from torch import nn
 
+from csfl_fabric.aggregation import FedAvg
 from csfl_fabric.api import run
 from csfl_fabric.cohort import CohortTrainer
 from csfl_fabric.data.store import ClientStore
@@ -94,6 +97,29 @@ def test_rows_are_views_of_their_chunk_and_outlive_later_chunks() -> None:
         for k in row:
             torch.testing.assert_close(row[k], copy[k], rtol=0, atol=0)
             assert row[k].data_ptr() == row.chunk[k][row.index].data_ptr()
+
+
+def test_a_chunk_is_freed_once_the_aggregator_has_folded_it_in() -> None:
+    """At most two chunks' params exist at once: a chunk goes when the next one's first row is aggregated."""
+    store = _store()
+    trainer = CohortTrainer(Fabric(accelerator="cpu", devices=1), _model(), TrainSettings(batch_size=4, lr=0.1), 4,
+                            cohort_size=2)
+    start = trainer.global_params()
+    aggregator = FedAvg()
+    aggregator.reset(start)
+    chunks: list[weakref.ref[torch.Tensor]] = []
+    for params, result in trainer.fit_many(start, [store.client(c, 1) for c in range(store.num_clients)]):
+        tensor = params.chunk["fc1.weight"]  # type: ignore[attr-defined]
+        if not chunks or chunks[-1]() is not tensor:
+            chunks.append(weakref.ref(tensor))
+        del tensor
+        aggregator.update(params, result.num_samples)
+        del params
+        assert all(ref() is None for ref in chunks[:-1])  # every earlier chunk: folded in and gone
+    assert len(chunks) == 3
+    aggregator.compute()
+    gc.collect()
+    assert chunks[-1]() is None
 
 
 def test_finished_clients_do_not_move() -> None:
