@@ -164,7 +164,8 @@ class ChunkRow(dict):  # type: ignore[type-arg]
 def l2_norm(flat: Tensor, dim: int | None = None) -> Tensor:
     """L2 norm of ``flat`` (along ``dim``), accumulated in float32 at least: a float16 norm overflows at 65504.
 
-    Float32 input is not given ``dtype``: asking for it costs a cast pass (1.5 -> 2.3 ms for 50 W-big clients).
+    Float32 input is not given ``dtype``: asking for it costs a cast pass (2.3 instead of 1.5 ms for 50 W-big
+    clients).
     """
     half = flat.dtype in (torch.float16, torch.bfloat16)
     return torch.linalg.vector_norm(flat, dim=dim, dtype=torch.float32 if half else None)

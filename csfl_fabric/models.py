@@ -40,7 +40,7 @@ class Grid(nn.AdaptiveAvgPool2d):
     """Adaptive average pooling to a fixed grid that passes a map already of that size through untouched.
 
     Pooling a 4x4 map to 4x4 is an identity that still costs a pass forward and one backward (~4 ms of a
-    50-client cohort step on digits, more than the convolution it follows).
+    50-client cohort step on digits).
     """
 
     def forward(self, x: Tensor) -> Tensor:
