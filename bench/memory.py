@@ -1,6 +1,6 @@
 """Memory benchmark: flat in the number of clients, flat over rounds and runs, and against the naive layout.
 
-Memory is `csfl_fabric.memory_accounting.process_memory`: anonymous and shared memory of the process and its
+Memory is `csfl_callbacks.accounting.process_memory`: anonymous and shared memory of the process and its
 children, pages shared between them counted once (PSS); each part runs in fresh child processes.
 
 1. Peak memory (sampled after every client and round) of a 3-round run with 10, 100, 1000 and 5000
@@ -66,7 +66,7 @@ class Sampler:
         self.readings: dict[int, int] = {}
 
     def _sample(self) -> int:
-        from csfl_fabric.memory_accounting import descendants, process_memory
+        from csfl_callbacks.accounting import descendants, process_memory
 
         value = process_memory()
         self.peak = max(self.peak, value)
@@ -128,7 +128,7 @@ def child_naive(clients: int, rounds: int) -> dict[str, Any]:
 
     from csfl_fabric.build import build_dataset
     from csfl_fabric.config import load_config
-    from csfl_fabric.memory_accounting import descendants, process_memory
+    from csfl_callbacks.accounting import descendants, process_memory
     from csfl_fabric.registry import MODELS
 
     torch.set_num_threads(1)

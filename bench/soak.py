@@ -24,7 +24,8 @@ from typing import Any
 import psutil
 
 import csfl_fabric.build as build
-from csfl_fabric.callbacks.checkpoint import Checkpoint, list_checkpoints
+from csfl_fabric.callbacks.checkpoint import Checkpoint
+from csfl_fabric.engine.checkpoint import list_checkpoints
 from csfl_fabric.config import load_config
 from csfl_fabric.registry import SELECTORS
 

@@ -1,29 +1,56 @@
-"""csfl_fabric: a federated-learning simulator for client-selection research on Lightning Fabric."""
+"""csfl_fabric: a federated-learning simulator for client-selection research on Lightning Fabric.
 
-# Import every implementation module so that the registries are complete.
-from csfl_fabric import aggregation, data, models, selection  # noqa: F401
-from csfl_fabric.api import RunResult, resume, run
-from csfl_fabric.callbacks import Callback
-from csfl_fabric.compare import ComparisonResult, compare
-from csfl_fabric.config import Config, load_config
-from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS
-from csfl_fabric.selection import ClientSelector
-from csfl_fabric.state import ClientResult, Feedback, Params, Selection, SelectionContext
+The public names below are loaded on first use: ``import csfl_fabric`` alone imports no training, plotting,
+statistics or vision code (the registries import their built-in implementations on their first lookup).
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from csfl_fabric import _compat
+
+_compat.install()
+
+#: public name -> the module that defines it.
+_PUBLIC: dict[str, str] = {
+    "AGGREGATORS": "csfl_fabric.registry",
+    "CALLBACKS": "csfl_fabric.registry",
+    "DATASETS": "csfl_fabric.registry",
+    "MODELS": "csfl_fabric.registry",
+    "PARTITIONERS": "csfl_fabric.registry",
+    "SELECTORS": "csfl_fabric.registry",
+    "Callback": "csfl_callbacks.base",
+    "ClientResult": "csfl_fabric.state",
+    "ClientSelector": "csfl_fabric.selection.base",
+    "ComparisonResult": "csfl_fabric.study.compare",
+    "Config": "csfl_fabric.config",
+    "Feedback": "csfl_fabric.state",
+    "Params": "csfl_fabric.state",
+    "RunResult": "csfl_fabric.api",
+    "Selection": "csfl_fabric.state",
+    "SelectionContext": "csfl_fabric.state",
+    "compare": "csfl_fabric.study.compare",
+    "load_config": "csfl_fabric.config",
+    "resume": "csfl_fabric.api",
+    "run": "csfl_fabric.api",
+}
 __all__ = [
     "AGGREGATORS",
-    "DATASETS",
-    "MODELS",
-    "PARTITIONERS",
-    "SELECTORS",
+    "CALLBACKS",
     "Callback",
     "ClientResult",
     "ClientSelector",
     "ComparisonResult",
     "Config",
+    "DATASETS",
     "Feedback",
+    "MODELS",
+    "PARTITIONERS",
     "Params",
     "RunResult",
+    "SELECTORS",
     "Selection",
     "SelectionContext",
     "compare",
@@ -31,3 +58,25 @@ __all__ = [
     "resume",
     "run",
 ]
+
+if TYPE_CHECKING:
+    from csfl_callbacks.base import Callback
+
+    from csfl_fabric.api import RunResult, resume, run
+    from csfl_fabric.config import Config, load_config
+    from csfl_fabric.registry import AGGREGATORS, CALLBACKS, DATASETS, MODELS, PARTITIONERS, SELECTORS
+    from csfl_fabric.selection.base import ClientSelector
+    from csfl_fabric.state import ClientResult, Feedback, Params, Selection, SelectionContext
+    from csfl_fabric.study.compare import ComparisonResult, compare
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'csfl_fabric' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # once: later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

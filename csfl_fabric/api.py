@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from csfl_callbacks.memory import release_memory
+
 from csfl_fabric.build import Run, build_run, run_name
-from csfl_fabric.callbacks.memory import release_memory
-from csfl_fabric.config import Config, load_config, to_yaml
+from csfl_fabric.config import HASH_EXCLUDED, Config, config_hash, load_config, to_yaml
+from csfl_fabric.engine.loggers import CSVMetricsLogger, read_metrics
+from csfl_fabric.engine.resume import WANDB_ID_FILE, latest_checkpoint, load_for
+from csfl_fabric.engine.signals import stop_on_signals
 from csfl_fabric.errors import CheckpointError, ConfigError, RunFailed, RunInterrupted
-from csfl_fabric.loggers import read_metrics
-from csfl_fabric.resume import WANDB_ID_FILE, latest_checkpoint, load_for, restore
-from csfl_fabric.signals import stop_on_signals
 from csfl_fabric.state import Params
 
 
@@ -62,7 +63,7 @@ def run(
         candidate = Path(run_dir) if run_dir is not None else Path(cfg.logging.dir) / cfg.experiment / run_name(cfg)
         path = latest_checkpoint(candidate)
         if path is not None:
-            run_dir, ckpt = candidate, load_for(cfg, path)
+            run_dir, ckpt = candidate, load_for(config_hash(cfg), path, HASH_EXCLUDED)
     try:
         return _execute(build_run(cfg, run_dir=run_dir, callbacks=callbacks), ckpt)
     finally:
@@ -90,7 +91,8 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), callbacks: Sequen
         raise CheckpointError(f"Run directory `{run_dir}` has no checkpoint to resume from (checkpoints/round-*.pt); "
                               "start it again with `csfl-fabric run`.")
     try:
-        return _execute(build_run(cfg, run_dir=run_dir, callbacks=callbacks), load_for(cfg, path))
+        return _execute(build_run(cfg, run_dir=run_dir, callbacks=callbacks),
+                        load_for(config_hash(cfg), path, HASH_EXCLUDED))
     finally:
         release_memory(passes=1)
 
@@ -100,7 +102,7 @@ def _execute(built: Run, ckpt: dict[str, Any] | None) -> RunResult:
     if writes:
         _prepare_run_dir(built)
     if ckpt is not None:
-        restore(built, ckpt)
+        _restore(built, ckpt)
     orchestrator = built.orchestrator
     try:
         with stop_on_signals(orchestrator.guard):
@@ -112,6 +114,15 @@ def _execute(built: Run, ckpt: dict[str, Any] | None) -> RunResult:
     return RunResult(run_dir=built.run_dir, config=built.config, metrics=read_metrics(built.run_dir) if writes else [],
                      summary=dict(orchestrator.summary), params=dict(orchestrator.global_params),
                      global_rank=built.fabric.global_rank)
+
+
+def _restore(built: Run, ckpt: dict[str, Any]) -> None:
+    """Put a built run into the checkpoint's state; ``metrics.csv``/``timing.csv`` keep only its rows."""
+    state = ckpt["state"]
+    built.orchestrator.load_state_dict(state)
+    for logger in built.fabric.loggers:
+        if isinstance(logger, CSVMetricsLogger):
+            logger.truncate(state["round"])
 
 
 def _prepare_run_dir(built: Run) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -10,25 +12,33 @@ from typing import Any
 
 import numpy as np
 import torch
+from csfl_callbacks.memory import (
+    EmptyCudaCache,
+    GarbageCollect,
+    MemoryMonitor,
+    MemoryPolicies,
+    RamGuard,
+    Release,
+    emergency_cleanup,
+)
 from lightning.fabric import Fabric
 
 from csfl_fabric.callbacks.checkpoint import Checkpoint
-from csfl_fabric.callbacks.memory import EmptyCudaCache, GarbageCollect, MemoryMonitor, MemoryPolicies, RamGuard
 from csfl_fabric.callbacks.progress import RichProgress
 from csfl_fabric.callbacks.study import StudyMetrics
-from csfl_fabric.cohort import CohortTrainer
-from csfl_fabric.config import Config, MemoryConfig, to_dict
+from csfl_fabric.config import CallbackConfig, Config, MemoryConfig, config_hash, to_dict
 from csfl_fabric.data import systems
 from csfl_fabric.data.datasets import FederatedDataset
 from csfl_fabric.data.store import ClientStore
-from csfl_fabric.distributed import fabric_strategy, launch
+from csfl_fabric.engine.distributed import fabric_strategy, launch
+from csfl_fabric.engine.guard import ClientGuard
+from csfl_fabric.engine.loggers import CSVMetricsLogger, WandbLogger
+from csfl_fabric.engine.orchestrator import Orchestrator, RoundSettings
+from csfl_fabric.engine.resume import checkpoint_dir, wandb_id
 from csfl_fabric.errors import USER_ERRORS, ConfigError
-from csfl_fabric.faults import ClientGuard
-from csfl_fabric.loggers import CSVMetricsLogger, WandbLogger
-from csfl_fabric.orchestrator import Orchestrator, RoundSettings
-from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS, Registry
-from csfl_fabric.resume import checkpoint_dir, config_hash, wandb_id
-from csfl_fabric.trainer import ClientTrainer, TrainSettings
+from csfl_fabric.registry import AGGREGATORS, CALLBACKS, DATASETS, MODELS, PARTITIONERS, SELECTORS, Registry
+from csfl_fabric.training.cohort import CohortTrainer
+from csfl_fabric.training.sequential import ClientTrainer, TrainSettings
 
 
 def stream(seed: int, name: str) -> np.random.Generator:
@@ -92,12 +102,12 @@ def build_dataset(config: Config) -> tuple[FederatedDataset, list[np.ndarray]]:
     return dataset, parts
 
 
-def build_memory_policies(memory: MemoryConfig) -> MemoryPolicies:
-    """The `memory:` section as one callback; a RamGuard cleanup runs before the monitor reads."""
+def build_memory_policies(memory: MemoryConfig, release: Release = ()) -> MemoryPolicies:
+    """The `memory:` section as one callback; a RamGuard cleanup (calling ``release``) runs before the monitor reads."""
     m = memory
     policies = [GarbageCollect(m.gc_every) if m.gc_every > 0 else None,
                 EmptyCudaCache(m.empty_cache_every) if m.empty_cache_every > 0 else None,
-                RamGuard(m.ram_threshold, m.abort_threshold, client_interval_s=m.check_interval_s),
+                RamGuard(m.ram_threshold, m.abort_threshold, client_interval_s=m.check_interval_s, release=release),
                 MemoryMonitor() if m.monitor else None]
     return MemoryPolicies(*(p for p in policies if p is not None))
 
@@ -123,50 +133,86 @@ def build_systems(config: Config, num_samples: np.ndarray, model_bytes: int) -> 
     )
 
 
-def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequence[Any] = ()) -> Run:
-    """Build a ready-to-run `Run` from a validated config; nothing is written to disk yet.
+def build_config_callbacks(entries: Sequence[CallbackConfig], release: Release) -> list[Any]:
+    """The ``callbacks:`` list of the config; a callback taking ``release`` gets the run's releasable caches."""
+    built = []
+    for i, entry in enumerate(entries):
+        provided = {"release": list(release)} if "release" in _accepted(CALLBACKS.get(entry.target)) and \
+            "release" not in entry.params else {}
+        built.append(_component(f"callbacks[{i}]", CALLBACKS, entry.target, entry.params, **provided))
+    return built
 
-    Args:
-        config: a config from `csfl_fabric.config.load_config`.
-        run_dir: where the run writes; default ``runs/<experiment>/<selector>-seed<k>/`` (made unique).
-        callbacks: extra callbacks, called after the built-in ones.
-    """
-    run_dir = Path(run_dir) if run_dir is not None else fresh_run_dir(config)
-    dataset, parts = build_dataset(config)
 
-    # First, so that its round-start state precedes anything other callbacks do in that round.
-    all_callbacks: list[Any] = [Checkpoint(checkpoint_dir(run_dir), config.checkpoint.every_n_rounds,
-                                           config.checkpoint.keep, meta={"config_hash": config_hash(config)}),
-                                StudyMetrics()]
-    if config.logging.progress:
-        all_callbacks.append(RichProgress(f"{config.experiment} {run_name(config)}"))
-    all_callbacks.append(build_memory_policies(config.memory))
-    all_callbacks.extend(callbacks)
+def build_trainer(config: Config, fabric: Fabric, dataset: FederatedDataset) -> ClientTrainer:
+    """The initial model (seeded by the run's seed only) and the training backend that owns it."""
+    # The initial model depends on the seed only, so every method of a comparison starts from the same weights.
+    torch.manual_seed(int(stream(config.seed, "model").integers(2**63 - 1)))
+    t = config.train
+    model = MODELS.build(t.model, t.model_params, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+    settings = TrainSettings(local_epochs=t.local_epochs, local_steps=t.local_steps, batch_size=t.batch_size, lr=t.lr,
+                             optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay, mu=t.mu,
+                             clip_grad_norm=t.clip_grad_norm, eval_batch_size=t.eval_batch_size,
+                             channels_last=t.channels_last)
+    if t.backend == "cohort":
+        return CohortTrainer(fabric, model, settings, dataset.num_classes, cohort_size=t.cohort_size)
+    return ClientTrainer(fabric, model, settings, dataset.num_classes)
+
+
+def build_store(config: Config, fabric: Fabric, dataset: FederatedDataset, parts: list[np.ndarray]) -> ClientStore:
+    """The clients' data: the dataset's tensors held once, a client an index array."""
+    d = config.data
+    return ClientStore(dataset.x_train, dataset.y_train, parts, seed=config.seed, device=fabric.device,
+                       loader=d.loader, num_workers=d.num_workers, max_cached_loaders=d.max_cached_loaders)
+
+
+def build_loggers(config: Config, run_dir: Path) -> tuple[list[Any], str]:
+    """The CSV logger and, unless disabled, the W&B logger; with the run's W&B id."""
     loggers: list[Any] = [CSVMetricsLogger(run_dir)]
     wandb = WandbLogger(config.logging.wandb, config.logging.project, run_dir, config=to_dict(config),
                         name=run_dir.name, group=config.experiment, job_type=config.selector.name,
                         tags=list(config.logging.tags) or None, run_id=(run_id := wandb_id(run_dir)))
     if wandb.mode != "disabled":
         loggers.append(wandb)
-    # Loggers and the progress bar act on global rank 0 only, so every rank may build them.
+    return loggers, run_id
+
+
+def build_callbacks(config: Config, run_dir: Path) -> list[Any]:
+    """The built-in callbacks, in the order they must run."""
+    # First, so that its round-start state precedes anything other callbacks do in that round.
+    callbacks: list[Any] = [Checkpoint(checkpoint_dir(run_dir), config.checkpoint.every_n_rounds,
+                                       config.checkpoint.keep, meta={"config_hash": config_hash(config)}),
+                            StudyMetrics()]
+    if config.logging.progress:
+        callbacks.append(RichProgress(f"{config.experiment} {run_name(config)}"))
+    return callbacks
+
+
+def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequence[Any] = ()) -> Run:
+    """Build a ready-to-run `Run` from a validated config; nothing is written to disk yet.
+
+    The steps, in order: data, callbacks and loggers, Fabric (launched), store, model and trainer, the
+    memory policies and the config's callbacks (which may release the store's and trainer's caches), and
+    the orchestrator.
+
+    Args:
+        config: a config from `csfl_fabric.config.load_config`.
+        run_dir: where the run writes; default ``runs/<experiment>/<selector>-seed<k>/`` (made unique).
+        callbacks: extra callbacks, called after the built-in ones and the config's.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else fresh_run_dir(config)
+    dataset, parts = build_dataset(config)
+    all_callbacks = build_callbacks(config, run_dir)
+    loggers, run_id = build_loggers(config, run_dir)
+    # Loggers and the progress bar act on global rank 0 only, so every rank may build them. The orchestrator
+    # dispatches the hooks itself (`HookDispatcher`), so the callbacks added below need not reach Fabric.
     fabric = build_fabric(config, all_callbacks, loggers)
     launch(fabric)
     torch.set_num_threads(config.train.num_threads)  # after launch, which sets its own thread count
-
-    d = config.data
-    store = ClientStore(dataset.x_train, dataset.y_train, parts, seed=config.seed, device=fabric.device,
-                        loader=d.loader, num_workers=d.num_workers, max_cached_loaders=d.max_cached_loaders)
-    # The initial model depends on the seed only, so every method of a comparison starts from the same weights.
-    torch.manual_seed(int(stream(config.seed, "model").integers(2**63 - 1)))
-    model = MODELS.build(config.train.model, config.train.model_params, input_shape=dataset.input_shape,
-                         num_classes=dataset.num_classes)
-    t = config.train
-    settings = TrainSettings(local_epochs=t.local_epochs, local_steps=t.local_steps, batch_size=t.batch_size, lr=t.lr,
-                             optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay, mu=t.mu,
-                             clip_grad_norm=t.clip_grad_norm, eval_batch_size=t.eval_batch_size,
-                             channels_last=t.channels_last)
-    trainer = (CohortTrainer(fabric, model, settings, dataset.num_classes, cohort_size=t.cohort_size)
-               if t.backend == "cohort" else ClientTrainer(fabric, model, settings, dataset.num_classes))
+    store = build_store(config, fabric, dataset, parts)
+    trainer = build_trainer(config, fabric, dataset)
+    release = [store.release, trainer.release]  # caches that refill themselves: what a cleanup may free
+    all_callbacks.append(build_memory_policies(config.memory, release))
+    all_callbacks.extend([*build_config_callbacks(config.callbacks, release), *callbacks])
     global_params = trainer.global_params()
     model_bytes = sum(p.numel() * p.element_size() for p in global_params.values())
     # Rank 0's run directory for all (another rank may have looked after rank 0 made it, and picked a new name).
@@ -187,18 +233,23 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
         selection_rng=stream(config.seed, "selection"),
         systems=build_systems(config, store.num_samples, model_bytes),
         run_dir=run_dir,
-        guard=ClientGuard(config.train.on_divergence),
+        guard=ClientGuard(config.train.on_divergence,
+                          cleanup=functools.partial(emergency_cleanup, "a client raised", release)),
         callbacks=all_callbacks,
     )
     return Run(config=config, fabric=fabric, dataset=dataset, orchestrator=orchestrator, run_dir=run_dir,
                callbacks=all_callbacks, wandb_id=run_id)
 
 
-def _component(section: str, registry: Registry, name: str, params: dict[str, Any]) -> Any:
-    """Build a selector or aggregator; a param value its constructor rejects is a one-line `ConfigError`."""
+def _component(section: str, registry: Registry, name: str, params: dict[str, Any], **provided: Any) -> Any:
+    """Build a selector, aggregator or callback; a param value its constructor rejects is a one-line `ConfigError`."""
     try:
-        return registry.build(name, params)
+        return registry.build(name, params, **provided)
     except (ValueError, TypeError) as e:
         if isinstance(e, USER_ERRORS):
             raise
         raise ConfigError(f"`{section}` `{name}`: {e}") from None
+
+
+def _accepted(factory: Any) -> set[str]:
+    return set(inspect.signature(factory).parameters)

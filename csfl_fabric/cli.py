@@ -10,11 +10,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from csfl_fabric.cli_study import add_commands
 from csfl_fabric.errors import USER_ERRORS, RankFailureError, RunFailed, RunInterrupted
-from csfl_fabric.registry import AGGREGATORS, DATASETS, MODELS, PARTITIONERS, SELECTORS, Registry
+from csfl_fabric.registry import AGGREGATORS, CALLBACKS, DATASETS, MODELS, PARTITIONERS, SELECTORS, Registry
+from csfl_fabric.study.cli import add_commands
 
 REGISTRIES: dict[str, Registry] = {
+    "callbacks": CALLBACKS,
     "selectors": SELECTORS,
     "datasets": DATASETS,
     "models": MODELS,
@@ -73,7 +74,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
 def _cmd_list(args: argparse.Namespace, console: Console) -> int:
     for kind in [args.kind] if args.kind else sorted(REGISTRIES):
         registry = REGISTRIES[kind]
-        table = Table(title=kind, show_header=True)
+        table = Table(title=f"{kind} (keys: {registry.key})", show_header=True)
         table.add_column("name", style="bold")
         table.add_column("description")
         for name in registry.names():

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -28,12 +31,27 @@ class Registry:
         kind: what the entries are, used in error messages (e.g. ``"selector"``).
         provided: argument names the framework fills in itself (e.g. ``num_classes`` for models);
             they are not user params.
+        key: what a key names, for the docs and ``csfl-fabric list`` (e.g. where its code lives).
+        modules: the modules that register the built-in entries; imported on the first lookup, so that
+            ``import csfl_fabric`` stays light and the registry is still complete when it is used.
+        targets: also accept ``"module:attr"`` for a factory that is not registered (your own class).
     """
 
-    def __init__(self, kind: str, provided: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, provided: tuple[str, ...] = (), key: str = "", modules: tuple[str, ...] = (),
+                 targets: bool = False) -> None:
         self.kind = kind
         self.provided = provided
+        self.key = key
+        self.modules = modules
+        self.targets = targets
         self._entries: dict[str, Callable[..., Any]] = {}
+        self._loaded = not modules
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True  # first: a module being imported may look itself up
+            for module in self.modules:
+                importlib.import_module(module)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator that registers a class or function under ``name``; a second registration raises."""
@@ -52,6 +70,9 @@ class Registry:
         Raises:
             UnknownNameError: ``name`` is not registered; the message lists the valid names, closest first.
         """
+        if self.targets and ":" in str(name):
+            return _import_target(self.kind, name)
+        self._load()
         if name not in self._entries:
             valid = ", ".join(closest_first(str(name), self.names()))
             raise UnknownNameError(f"Unknown {self.kind} `{name}`. Valid choices (closest first): {valid}.")
@@ -91,6 +112,7 @@ class Registry:
 
     def names(self) -> list[str]:
         """All registered names, sorted."""
+        self._load()
         return sorted(self._entries)
 
     def describe(self, name: str) -> str:
@@ -99,14 +121,41 @@ class Registry:
         return doc.splitlines()[0] if doc else ""
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._entries
 
     def __len__(self) -> int:
+        self._load()
         return len(self._entries)
 
 
-DATASETS = Registry("dataset", provided=("root", "download", "num_clients", "rng"))
-PARTITIONERS = Registry("partitioner", provided=("dataset", "num_clients", "rng"))
-MODELS = Registry("model", provided=("input_shape", "num_classes"))
-SELECTORS = Registry("selector")
-AGGREGATORS = Registry("aggregator")
+def _import_target(kind: str, target: str) -> Callable[..., Any]:
+    """The object named by ``"module:attr"``, imported from the working directory or PYTHONPATH."""
+    module_name, _, attr = target.partition(":")
+    if os.getcwd() not in sys.path:  # the console script's sys.path starts at its bin/ folder
+        sys.path.append(os.getcwd())
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except Exception as e:  # user code: any failure is one line naming the target
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        raise UnknownNameError(f"Could not load {kind} `{target}` ({reason}): write it as `module:Class` with the "
+                               "module on PYTHONPATH, or use a registered name.") from None
+    if not callable(obj):
+        raise UnknownNameError(f"{kind.capitalize()} target `{target}` is a {type(obj).__name__}, not a class or "
+                               "function.")
+    return obj  # type: ignore[no-any-return]
+
+
+DATASETS = Registry("dataset", provided=("root", "download", "num_clients", "rng"),
+                    key="a dataset name (`csfl_fabric/data/datasets.py`)", modules=("csfl_fabric.data",))
+PARTITIONERS = Registry("partitioner", provided=("dataset", "num_clients", "rng"),
+                        key="a partitioner name (`csfl_fabric/data/partition.py`)", modules=("csfl_fabric.data",))
+MODELS = Registry("model", provided=("input_shape", "num_classes"), key="a model name (`csfl_fabric/models.py`)",
+                  modules=("csfl_fabric.models",))
+SELECTORS = Registry("selector", key="`family.method`: the family names the file `csfl_fabric/selection/<family>.py`",
+                     modules=("csfl_fabric.selection",))
+AGGREGATORS = Registry("aggregator", key="an aggregator name (`csfl_fabric/aggregation/`)",
+                       modules=("csfl_fabric.aggregation",))
+CALLBACKS = Registry("callback", provided=("release",),
+                     key="`family.name`, e.g. `memory.ram_guard` (`csfl_fabric/callbacks/`), or `module:Class`",
+                     modules=("csfl_fabric.callbacks",), targets=True)

@@ -9,7 +9,7 @@ import torch
 
 import csfl_fabric.aggregation  # noqa: F401  (registers the aggregators)
 from csfl_fabric.aggregation import Aggregator, FedAvg, weighted_mean
-from csfl_fabric.flat import ChunkRow
+from csfl_fabric.training.flat import ChunkRow
 from csfl_fabric.registry import AGGREGATORS
 
 SHAPES = {"w": (3, 2), "b": (2,)}

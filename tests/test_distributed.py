@@ -13,7 +13,7 @@ from torch import nn
 
 from csfl_fabric import cli, run
 from csfl_fabric.config import load_config
-from csfl_fabric.distributed import FederatedDDPStrategy, fabric_strategy, split_clients
+from csfl_fabric.engine.distributed import FederatedDDPStrategy, fabric_strategy, split_clients
 from csfl_fabric.errors import ConfigError, RankFailureError
 
 from .conftest import REPO, SMOKE

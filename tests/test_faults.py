@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from csfl_fabric.build import build_run
-from csfl_fabric.callbacks.checkpoint import load_checkpoint
+from csfl_fabric.engine.checkpoint import load_checkpoint
 from csfl_fabric.cli import main
 from csfl_fabric.config import load_config
 from csfl_fabric.errors import RunFailed
-from csfl_fabric.faults import ClientGuard
-from csfl_fabric.loggers import read_metrics
-from csfl_fabric.resume import latest_checkpoint
+from csfl_fabric.engine.guard import ClientGuard
+from csfl_fabric.engine.loggers import read_metrics
+from csfl_fabric.engine.resume import latest_checkpoint
 
 from .conftest import SMOKE
 

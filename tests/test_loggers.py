@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from csfl_fabric.loggers import CSVMetricsLogger, WandbLogger, read_metrics
+from csfl_fabric.engine.loggers import CSVMetricsLogger, WandbLogger, read_metrics
 
 
 def test_csv_rows_flush_every_round_and_header_grows(tmp_path: Path) -> None:

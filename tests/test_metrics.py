@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from csfl_fabric.metrics import (
+from csfl_fabric.study.metrics import (
     gini,
     label_coverage,
     normalized_entropy,

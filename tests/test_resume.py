@@ -17,10 +17,10 @@ import torch
 
 from csfl_fabric import SELECTORS, run
 from csfl_fabric.api import resume
-from csfl_fabric.callbacks.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from csfl_fabric.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from csfl_fabric.cli import main
 from csfl_fabric.errors import RunInterrupted
-from csfl_fabric.resume import latest_checkpoint
+from csfl_fabric.engine.resume import latest_checkpoint
 
 from .conftest import REPO, SMOKE
 
@@ -165,7 +165,7 @@ class RoundCounter:
 
 
 def test_callback_and_component_state_survive_a_resume(smoke: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from csfl_fabric.orchestrator import Orchestrator
+    from csfl_fabric.engine.orchestrator import Orchestrator
 
     # A component registered in one line (as a systems model would be) is saved and restored with the rest.
     monkeypatch.setattr(Orchestrator, "STATEFUL", (*Orchestrator.STATEFUL, "extra"))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from csfl_fabric.stats import holm, mean_ci, paired_pvalue, paired_ttest
+from csfl_fabric.study.stats import holm, mean_ci, paired_pvalue, paired_ttest
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

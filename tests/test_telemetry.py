@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from csfl_fabric import run
-from csfl_fabric.loggers import WandbLogger
+from csfl_fabric.engine.loggers import WandbLogger
 from csfl_fabric.state import Selection
-from csfl_fabric.telemetry import Participation, jain_index, never_selected_fraction
+from csfl_fabric.engine.telemetry import Participation, jain_index, never_selected_fraction
 
 from .conftest import SMOKE
 

@@ -7,7 +7,7 @@ from lightning.fabric import Fabric
 from torch import nn
 
 from csfl_fabric.data.store import ClientStore
-from csfl_fabric.trainer import ClientTrainer, TrainSettings
+from csfl_fabric.training.sequential import ClientTrainer, TrainSettings
 
 
 def _setup(settings: TrainSettings, n: int = 40) -> tuple[ClientTrainer, ClientStore]:

@@ -1,11 +1,13 @@
-"""Reusable callbacks: hooks named ``on_<run|round|client>_<start|end>``, dispatched with `fabric.call`'s semantics.
+"""The simulator's own callbacks (checkpoints, progress, study metrics).
 
-The Lightning adapters live in `csfl_fabric.callbacks.lightning` (not imported here: it loads ``lightning.pytorch``).
+The reusable ones (the `Callback` base, the hook dispatcher, the memory policies) live in the separate
+`csfl_callbacks` distribution (``callbacks/`` in the repository); they are re-exported here so that the
+old import paths keep working for one release.
 """
 
-from csfl_fabric.callbacks.base import HOOKS, Callback
-from csfl_fabric.callbacks.checkpoint import Checkpoint
-from csfl_fabric.callbacks.memory import (
+from csfl_callbacks import (
+    HOOKS,
+    Callback,
     EmptyCudaCache,
     GarbageCollect,
     MemoryMonitor,
@@ -13,9 +15,18 @@ from csfl_fabric.callbacks.memory import (
     MemoryPolicy,
     RamGuard,
     emergency_cleanup,
-    register_releasable,
     release_memory,
 )
+
+from csfl_fabric.callbacks.checkpoint import Checkpoint
+from csfl_fabric.callbacks.progress import RichProgress
+from csfl_fabric.registry import CALLBACKS
+
+# What a `callbacks:` entry of a config may name (besides `module:Class`). `release` is filled in by the build.
+for _name, _factory in (("memory.garbage_collect", GarbageCollect), ("memory.empty_cuda_cache", EmptyCudaCache),
+                        ("memory.ram_guard", RamGuard), ("memory.monitor", MemoryMonitor),
+                        ("run.progress", RichProgress)):
+    CALLBACKS.register(_name)(_factory)
 
 __all__ = [
     "HOOKS",
@@ -28,6 +39,5 @@ __all__ = [
     "MemoryPolicy",
     "RamGuard",
     "emergency_cleanup",
-    "register_releasable",
     "release_memory",
 ]

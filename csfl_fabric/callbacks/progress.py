@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from csfl_callbacks.base import Callback
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-from csfl_fabric.callbacks.base import Callback
 
 
 class RichProgress(Callback):

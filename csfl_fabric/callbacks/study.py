@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from csfl_callbacks.base import Callback
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from csfl_fabric.callbacks.base import Callback
-from csfl_fabric.loggers import read_metrics, write_json
-from csfl_fabric.metrics import gini, label_coverage, normalized_entropy, participation_variance, summarize
+from csfl_fabric.engine.loggers import read_metrics, write_json
+from csfl_fabric.study.metrics import gini, label_coverage, normalized_entropy, participation_variance, summarize
 
 #: Backward costs about twice the forward, so a training step is ~3x the forward FLOPs (Kaplan et al. 2020).
 TRAIN_FLOPS_PER_FORWARD = 3
@@ -44,7 +44,7 @@ class StudyMetrics(Callback):
     ``fair/label_coverage`` of the round's cohort, ``cost/bytes_{down,up}`` (model bytes x clients sent the
     model / that returned it), ``cost/flops`` (3 x forward FLOPs per sample x samples processed) and their
     cumulative ``*_total``. The round's selection goes to ``selection.csv``.
-    At the end `csfl_fabric.metrics.summarize` adds time to accuracy, area under the curve and gain per hour
+    At the end `csfl_fabric.study.metrics.summarize` adds time to accuracy, area under the curve and gain per hour
     to the summary, which is also set as the W&B run summary.
 
     Everything is rebuilt from the run directory on a resume, so a resumed run continues the same totals.

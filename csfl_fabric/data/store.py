@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from csfl_fabric.callbacks.memory import register_releasable
 from csfl_fabric.data.loaders import ClientLoader, LoaderCache, batch_indices
 
 _MASK64 = (1 << 64) - 1
@@ -168,7 +167,6 @@ class ClientStore:
             self.loaders = LoaderCache(
                 lambda c: ClientLoader(self.x, self.y, self._indices[c], num_workers, self.device), max_cached_loaders
             )
-            register_releasable(self.release)
 
     def release(self) -> None:
         """Drop the cached loaders (and their worker processes); each is recreated on its client's next use."""

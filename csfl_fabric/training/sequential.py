@@ -18,10 +18,9 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from csfl_fabric.callbacks.memory import register_releasable
 from csfl_fabric.data.store import ClientData
-from csfl_fabric.flat import FlatParams, flat_of, flatten_module, l2_norm
 from csfl_fabric.state import ClientResult, Params
+from csfl_fabric.training.flat import FlatParams, flat_of, flatten_module, l2_norm
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class ClientTrainer:
 
     Weights are copied into the model in place, never deep-copied per client, and the optimizer's state is
     cleared per client so that every client starts fresh. The model's floating-point weights live in one
-    buffer (`csfl_fabric.flat`), so loading them, checking them and folding them into the aggregate are one
+    buffer (`csfl_fabric.training.flat`), so loading them, checking them and folding them into the aggregate are one
     tensor operation each. Losses are accumulated on the device and read once per client: no per-batch
     host sync.
 
@@ -101,7 +100,6 @@ class ClientTrainer:
                    "recall": MulticlassRecall(num_classes, average="macro", sync_on_compute=False)}
         # One collection: metrics with the same state (all four count per-class stats) share one update per batch.
         self._metrics = MetricCollection(metrics, compute_groups=True).to(fabric.device)
-        register_releasable(self.release)
 
     def release(self) -> None:
         """Free what is rebuilt on demand: gradients, optimizer state, metric states (called between clients)."""

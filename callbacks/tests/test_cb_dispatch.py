@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 from lightning.fabric import Fabric
 
-from csfl_fabric.callbacks import Callback
-from csfl_fabric.callbacks.dispatch import HookDispatcher
+from csfl_callbacks import Callback
+from csfl_callbacks.dispatch import HookDispatcher
 
 
 class Narrow:
@@ -44,7 +44,7 @@ def test_same_calls_as_fabric_call_in_list_order() -> None:
 
 
 def test_hooks_are_resolved_once_and_inherited_no_ops_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
-    import csfl_fabric.callbacks.dispatch as dispatch
+    import csfl_callbacks.dispatch as dispatch
 
     lookups: list[Any] = []
     original = dispatch._accepted_names

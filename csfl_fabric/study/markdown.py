@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from csfl_fabric.report import Report, RunRecord
+    from csfl_fabric.study.records import Report, RunRecord
 
 #: The overview table's columns.
 OVERVIEW: tuple[str, ...] = ("final_acc", "best_acc", "auc_acc_time", "time_to_80pct", "fair_participation_gini",

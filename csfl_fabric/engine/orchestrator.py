@@ -12,22 +12,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from csfl_callbacks.dispatch import HookDispatcher
 from lightning.fabric import Fabric
 from torch import Tensor
 
 from csfl_fabric.aggregation import Aggregator
-from csfl_fabric.callbacks.dispatch import HookDispatcher
 from csfl_fabric.data.store import ClientData, ClientStore
 from csfl_fabric.data.systems import RoundPlan, SystemModel
-from csfl_fabric.distributed import Ranks
+from csfl_fabric.engine.distributed import Ranks
+from csfl_fabric.engine.guard import ClientGuard
+from csfl_fabric.engine.loggers import WandbLogger, write_json
+from csfl_fabric.engine.rng import global_rng_state, set_global_rng_state
+from csfl_fabric.engine.telemetry import Participation, selection_metrics
 from csfl_fabric.errors import RunInterrupted
-from csfl_fabric.faults import ClientGuard
-from csfl_fabric.loggers import WandbLogger, write_json
-from csfl_fabric.rng import global_rng_state, set_global_rng_state
 from csfl_fabric.selection.base import ClientSelector, check_selection
 from csfl_fabric.state import ClientHistory, ClientResult, Feedback, Params, RunState, Selection, SelectionContext
-from csfl_fabric.telemetry import Participation, selection_metrics
-from csfl_fabric.trainer import ClientTrainer
+from csfl_fabric.training.sequential import ClientTrainer
 
 
 @dataclass(frozen=True)
@@ -277,7 +277,7 @@ class Orchestrator:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned (the next `run` continues from ``state["round"]``)."""
         self.state.round = int(state["round"])
-        # Through the model, so that the global params are laid out as its flat buffer again (`csfl_fabric.flat`).
+        # Through the model, so that the global params are laid out as its flat buffer again (`csfl_fabric.training.flat`).
         self.trainer.load(state["global_params"])
         self.global_params = self.trainer.global_params()
         self.state.history.load_state_dict(state["history"])  # type: ignore[union-attr]

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from csfl_fabric.callbacks.memory import release_memory
+from csfl_callbacks.memory import release_memory
+
 from csfl_fabric.config import Config, load_config, to_dict, to_yaml
 from csfl_fabric.errors import ConfigError
-from csfl_fabric.report import Report, build_report
+from csfl_fabric.study.report import Report, build_report
 
 
 @dataclass(frozen=True)

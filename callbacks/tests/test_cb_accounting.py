@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from csfl_fabric.memory_accounting import GIB, RamReader, descendants, process_memory, read_ram
+from csfl_callbacks.accounting import GIB, RamReader, descendants, process_memory, read_ram
 
 MIB = 1024**2
 MEMINFO = "MemTotal:       33554432 kB\nMemFree:         1000000 kB\nMemAvailable:   25165824 kB\n"  # 32 GiB, 24 free

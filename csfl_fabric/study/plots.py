@@ -16,10 +16,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from csfl_fabric.callbacks.study import read_selection
-from csfl_fabric.metrics import SIM_TIME
+from csfl_fabric.study.metrics import SIM_TIME
 
 if TYPE_CHECKING:
-    from csfl_fabric.report import RunRecord
+    from csfl_fabric.study.records import RunRecord
 
 
 def make_plots(records: Sequence[RunRecord], out: Path, fmt: str = "png") -> list[Path]:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from csfl_fabric.faults import ClientGuard
+from csfl_fabric.engine.guard import ClientGuard
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

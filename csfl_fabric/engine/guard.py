@@ -7,13 +7,13 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from csfl_callbacks.memory import emergency_cleanup
 
-from csfl_fabric.callbacks.memory import emergency_cleanup
 from csfl_fabric.data.store import ClientData
 from csfl_fabric.errors import RunFailed, RunInterrupted
-from csfl_fabric.flat import FlatParams, l2_norm
 from csfl_fabric.state import ClientResult, Params
-from csfl_fabric.trainer import ClientTrainer
+from csfl_fabric.training.flat import FlatParams, l2_norm
+from csfl_fabric.training.sequential import ClientTrainer
 
 
 def all_finite(params: Params) -> bool:

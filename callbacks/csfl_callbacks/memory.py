@@ -1,12 +1,13 @@
-"""Memory policies as callbacks, usable in any training loop: they import nothing from the orchestrator.
+"""Memory policies as callbacks, usable in any training loop (plain PyTorch, Fabric, ``pl.Trainer``).
 
 Each policy has a loop-agnostic core (``client_end()``, ``round_end(round_idx, metrics)``, ``should_stop``)
-and the orchestrator's hooks on top. In a plain PyTorch loop call the core yourself (README, "Memory");
-in a ``pl.Trainer`` use `csfl_fabric.callbacks.lightning.LightningMemoryPolicies`.
+and the simulator's hooks on top. In a plain PyTorch loop call the core yourself; in a ``pl.Trainer`` use
+`csfl_callbacks.lightning.LightningMemoryPolicies`.
 
-Components holding caches that can be rebuilt on demand (the `ClientStore`'s loader cache, the trainer's
-evaluation state) register a release function with `register_releasable`; `release_memory` runs them all,
-collects garbage and empties the CUDA cache, and `emergency_cleanup` does the same with a measured log line.
+What may be released is passed in, never found through a global registry: ``RamGuard(release=[cache.clear])``
+calls those functions (each must free a cache that refills itself on demand) in its cleanup;
+`release_memory` runs the functions it is given, collects garbage and empties the CUDA cache, and
+`emergency_cleanup` does the same with a measured log line.
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ import gc
 import logging
 import math
 import time
-import types
-import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from csfl_fabric.memory_accounting import (
+from csfl_callbacks.accounting import (
     GIB,
     ProcessMemoryReader,
     RamReader,
@@ -44,26 +43,6 @@ def ram_reading() -> RamReading:
     return _RAM()
 
 
-# Bound methods are held weakly: a registered store must not outlive its run through this registry.
-_RELEASABLE: list[Callable[[], Callable[[], Any] | None]] = []
-
-
-def register_releasable(fn: Callable[[], Any]) -> None:
-    """Register ``fn`` to be called by `release_memory`: it must free a cache that refills itself on demand.
-
-    A bound method of a Python object is held through a weak reference (registering does not keep the object
-    alive); anything else (a function, ``some_dict.clear``) is held as it is.
-    """
-    ref = weakref.WeakMethod(fn) if isinstance(fn, types.MethodType) else (lambda: fn)
-    _RELEASABLE.append(ref)  # type: ignore[arg-type]
-
-
-def _live_releasables() -> list[Callable[[], Any]]:
-    live = [(ref, ref()) for ref in _RELEASABLE]
-    _RELEASABLE[:] = [ref for ref, fn in live if fn is not None]
-    return [fn for _, fn in live if fn is not None]
-
-
 @dataclass(frozen=True)
 class CleanupReport:
     """What `release_memory` did: callables run, objects collected, CUDA cache bytes handed back."""
@@ -73,13 +52,17 @@ class CleanupReport:
     cuda_freed: int
 
 
-def release_memory(passes: int = 3) -> CleanupReport:
-    """Release every registered cache, collect garbage (``passes`` full passes) and empty the CUDA cache.
+#: Functions that free caches which refill themselves on demand (e.g. ``[store.release, cache.clear]``).
+Release = Iterable[Callable[[], object]]
 
-    Safe at any point between two clients or two runs: the released caches refill themselves, so results do
-    not change. Also what to call after catching a CUDA out-of-memory error, and between runs in one process.
+
+def release_memory(release: Release = (), passes: int = 3) -> CleanupReport:
+    """Call every function in ``release``, collect garbage (``passes`` full passes) and empty the CUDA cache.
+
+    Safe at any point between two clients or two runs when the released caches refill themselves, so results
+    do not change. Also what to call after catching a CUDA out-of-memory error, and between runs in one process.
     """
-    fns = _live_releasables()
+    fns = list(release)
     for fn in fns:
         fn()
     # During a run, objects frozen by `GarbageCollect` (alive when it started) are skipped: that keeps a pass at
@@ -89,10 +72,10 @@ def release_memory(passes: int = 3) -> CleanupReport:
     return CleanupReport(released=len(fns), collected=collected, cuda_freed=empty_cuda_cache())
 
 
-def emergency_cleanup(reason: str = "") -> CleanupReport:
+def emergency_cleanup(reason: str = "", release: Release = ()) -> CleanupReport:
     """`release_memory` with one log line: RAM and process memory before and after, and what was freed."""
     before, proc_before = ram_reading(), process_memory()
-    report = release_memory()
+    report = release_memory(release)
     after, proc_after = ram_reading(), process_memory()
     log.warning(
         "Emergency memory cleanup%s: RAM %.2f -> %.2f GiB of %.2f GiB (%s), process %.2f -> %.2f GiB; "
@@ -228,10 +211,13 @@ class RamGuard(MemoryPolicy):
         abort_threshold: fraction at which to stop the run; None never stops it.
         reader: returns a `RamReading`; default `ram_reading`.
         client_interval_s: the least time between two checks after clients (0 checks after every client).
+        release: functions the cleanup calls, each freeing a cache that refills itself on demand
+            (e.g. ``[store.release, trainer.release]``).
     """
 
     def __init__(self, threshold: float = 0.70, abort_threshold: float | None = None,
-                 reader: Callable[[], RamReading] | None = None, client_interval_s: float = 0.05) -> None:
+                 reader: Callable[[], RamReading] | None = None, client_interval_s: float = 0.05,
+                 release: Release = ()) -> None:
         if not 0 < threshold <= 1:
             raise ValueError(f"Expected `threshold` in (0, 1] but got {threshold}.")
         if abort_threshold is not None and not threshold <= abort_threshold <= 1:
@@ -241,6 +227,7 @@ class RamGuard(MemoryPolicy):
         self.abort_threshold = abort_threshold
         self.reader = reader
         self.client_interval_s = client_interval_s
+        self.release = list(release)
         self.cleanups = 0
         self._last_check = -math.inf
 
@@ -250,7 +237,8 @@ class RamGuard(MemoryPolicy):
         reading = (self.reader or ram_reading)()
         if reading.frac < self.threshold:
             return False
-        emergency_cleanup(f"RAM at {reading.frac:.0%} of {reading.limit / GIB:.1f} GiB ({reading.source})")
+        emergency_cleanup(f"RAM at {reading.frac:.0%} of {reading.limit / GIB:.1f} GiB ({reading.source})",
+                          self.release)
         self.cleanups += 1
         if self.abort_threshold is not None:
             after = (self.reader or ram_reading)()

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from csfl_fabric.callbacks import GarbageCollect, MemoryMonitor, RamGuard
-from csfl_fabric.callbacks.lightning import LightningMemoryPolicies
-from csfl_fabric.memory_accounting import GIB, RamReading
+from csfl_callbacks import GarbageCollect, MemoryMonitor, RamGuard
+from csfl_callbacks.lightning import LightningMemoryPolicies
+from csfl_callbacks.accounting import GIB, RamReading
 
 
 class Tiny(pl.LightningModule):

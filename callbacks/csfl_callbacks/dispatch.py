@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from csfl_fabric.callbacks.base import Callback
+from csfl_callbacks.base import Callback
 
 _Entry = tuple[Callable[..., Any], frozenset[str] | None]
 

@@ -19,7 +19,7 @@ HOOKS: tuple[str, ...] = (
 class Callback:
     """Base class with no-op hooks; override the ones you need.
 
-    Hooks are dispatched with ``fabric.call``'s semantics (`csfl_fabric.callbacks.dispatch.HookDispatcher`),
+    Hooks are dispatched with ``fabric.call``'s semantics (`csfl_callbacks.dispatch.HookDispatcher`),
     which passes each hook only the keyword arguments its signature names, so an override may take fewer
     arguments than listed here.
     A callback adds metrics by writing into ``metrics`` in `on_round_end` and asks the run to stop

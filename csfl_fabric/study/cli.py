@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from csfl_fabric.errors import ConfigError
-from csfl_fabric.report_md import cell
+from csfl_fabric.study.markdown import cell
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
@@ -53,7 +53,7 @@ def _report_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    from csfl_fabric.compare import compare, parse_sweep
+    from csfl_fabric.study.compare import compare, parse_sweep
 
     # Single-valued "sweeps" are plain overrides, which also catches overrides typed after --sweep.
     sweep = parse_sweep(args.sweep)
@@ -77,7 +77,7 @@ def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from csfl_fabric.report import build_report
+    from csfl_fabric.study.report import build_report
 
     if not Path(args.runs_dir).is_dir():
         raise ConfigError(f"Runs directory `{args.runs_dir}` does not exist. Pass runs/<experiment>.")
@@ -87,7 +87,7 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace, console: Console) -> int:
-    from csfl_fabric.report import load_runs
+    from csfl_fabric.study.records import load_runs
 
     if not Path(args.runs_dir).is_dir():
         raise ConfigError(f"Runs directory `{args.runs_dir}` does not exist. Pass a directory that holds runs.")

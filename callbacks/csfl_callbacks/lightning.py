@@ -14,7 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from csfl_fabric.callbacks.memory import MemoryPolicies, MemoryPolicy
+from csfl_callbacks.memory import MemoryPolicies, MemoryPolicy
 
 
 class LightningMemoryPolicies(pl.Callback):

@@ -23,9 +23,9 @@ from typing_extensions import override
 
 from csfl_fabric.data.store import ClientData
 from csfl_fabric.errors import ConfigError
-from csfl_fabric.flat import ChunkRow, l2_norm
 from csfl_fabric.state import ClientResult, Params
-from csfl_fabric.trainer import ClientTrainer, TrainSettings
+from csfl_fabric.training.flat import ChunkRow, l2_norm
+from csfl_fabric.training.sequential import ClientTrainer, TrainSettings
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which the sequential trainer uses
 ADAM_EPS = 1e-8

@@ -1,0 +1,232 @@
+"""The config schema: one dataclass per section, with the defaults (`Config` is the whole experiment)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from csfl_fabric.registry import AGGREGATORS, DATASETS, PARTITIONERS, SELECTORS, Registry
+
+
+@dataclass
+class PartitionConfig:
+    """How the training set is split into clients: a partitioner name and its params."""
+
+    name: str = "dirichlet"
+    params: dict[str, Any] = field(default_factory=lambda: {"alpha": 0.5})
+
+
+@dataclass
+class DataConfig:
+    """The dataset, where it lives, and how it is split into clients."""
+
+    dataset: str = "digits"
+    params: dict[str, Any] = field(default_factory=dict)
+    root: str = "./data"
+    download: bool = False
+    num_clients: int = 100
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    # `tensor`: batches sliced from the shared tensors (default). `dataloader`: a DataLoader per client, created
+    # on first use and kept in an LRU cache of `max_cached_loaders` (for data served by worker processes).
+    loader: str = "tensor"
+    num_workers: int = 0
+    max_cached_loaders: int = 16
+
+
+@dataclass
+class TrainConfig:
+    """Local training on each client."""
+
+    model: str = "cnn"
+    model_params: dict[str, Any] = field(default_factory=dict)
+    local_epochs: int = 1
+    local_steps: int | None = None
+    batch_size: int = 16
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    mu: float = 0.0
+    clip_grad_norm: float | None = None
+    num_threads: int = 1
+    backend: str = "sequential"
+    cohort_size: int = 64
+    eval_batch_size: int = 1024
+    channels_last: bool = True
+    on_divergence: str = "skip"
+
+
+@dataclass
+class RoundsConfig:
+    """How many rounds, how many clients per round, and how often to evaluate."""
+
+    num_rounds: int = 50
+    clients_per_round: int = 10
+    eval_every: int = 1
+    target_accuracy: float | None = None
+
+
+@dataclass
+class SelectorConfig:
+    """The client-selection method: a registry name and its params.
+
+    ``module`` is written ``import`` in YAML and overrides (``selector.import=my_selectors``): a Python module
+    imported before validation, so that the selector it registers can be named in ``name``.
+    """
+
+    name: str = "heuristic.random"
+    params: dict[str, Any] = field(default_factory=dict)
+    module: str | None = None
+
+
+@dataclass
+class AggregatorConfig:
+    """The server-side aggregation (FedAvg or a server optimizer): a registry name and its params."""
+
+    name: str = "fedavg"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SystemsConfig:
+    """Simulated client systems and the round clock (README "System heterogeneity and the simulated clock").
+
+    Speeds (samples/s) and bandwidths (bytes/s, both directions) are lognormal, ``median * exp(sigma * N(0, 1))``,
+    unless ``profiles`` names a CSV with columns ``client_id,speed,bandwidth``.
+    """
+
+    profiles: str | None = None
+    speed_median: float = 100.0
+    speed_sigma: float = 0.5
+    bandwidth_median: float = 1.25e6
+    bandwidth_sigma: float = 0.8
+    availability: str = "always"
+    availability_p: float = 0.8
+    trace: str | None = None
+    trace_unit: str = "round"
+    dropout: float = 0.0
+    deadline: float | None = None
+    deadline_policy: str = "drop"
+    overcommit: float = 1.0
+
+
+@dataclass
+class MemoryConfig:
+    """Memory policies run as callbacks (0 turns one off)."""
+
+    gc_every: int = 1
+    empty_cache_every: int = 5
+    ram_threshold: float = 0.70
+    abort_threshold: float | None = None
+    check_interval_s: float = 0.05
+    monitor: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoint cadence (every n rounds; 0 = only at the end) and how many checkpoints to keep."""
+
+    every_n_rounds: int = 0
+    keep: int = 2
+
+
+@dataclass
+class LoggingConfig:
+    """Where the run directory goes and how W&B is used."""
+
+    wandb: str = "offline"
+    project: str = "csfl_fabric"
+    dir: str = "runs"
+    run_name: str | None = None
+    progress: bool = True
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CompareConfig:
+    """A comparison (`csfl-fabric compare`): methods x seeds x sweep points, paired by seed, and its report."""
+
+    methods: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    baseline: str | None = None
+    test: str = "ttest"
+    isolate: bool = False
+    format: str = "png"
+
+
+@dataclass
+class FabricConfig:
+    """Arguments passed to `lightning.fabric.Fabric`, and the timeouts of a distributed run (`FederatedDDPStrategy`)."""
+
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    timeout_s: float = 300.0
+    startup_timeout_s: float = 600.0
+
+
+@dataclass
+class CallbackConfig:
+    """One entry of the ``callbacks:`` list: a ``target`` and the constructor's ``params``.
+
+    ``target`` is a registered callback name (``csfl-fabric list callbacks``, e.g. ``memory.monitor``) or
+    ``"module:Class"`` for your own class (the module is imported from the working directory or PYTHONPATH).
+    """
+
+    target: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    """The whole experiment; see configs/quickstart.yaml for a commented example."""
+
+    experiment: str = "default"
+    seed: int = 0
+    resume: str = "never"
+    # Modules imported before validation: they register your own datasets, partitioners, models, selectors,
+    # aggregators or callbacks (`selector.import` does the same for one module).
+    plugins: list[str] = field(default_factory=list)
+    # Extra callbacks, built after the built-in ones, in list order.
+    callbacks: list[CallbackConfig] = field(default_factory=list)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    systems: SystemsConfig = field(default_factory=SystemsConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    fabric: FabricConfig = field(default_factory=FabricConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+
+# Component sections: (path, key of the registry name, registry). Switching the name starts from that
+# component's own defaults: params given for the previous component are dropped, not merged.
+COMPONENTS: tuple[tuple[str, str, Registry], ...] = (
+    ("data", "dataset", DATASETS),
+    ("data.partition", "name", PARTITIONERS),
+    ("selector", "name", SELECTORS),
+    ("aggregator", "name", AGGREGATORS),
+)
+# In these sections any key other than name/params is a param: `selector.d=5` means `selector.params.d=5`.
+_SHORTHAND_SECTIONS = ("data.partition", "selector", "aggregator")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.loader": ("tensor", "dataloader"),
+    "train.optimizer": ("sgd", "adam"),
+    "train.backend": ("sequential", "cohort"),
+    "train.on_divergence": ("skip", "abort"),
+    "logging.wandb": ("offline", "online", "disabled"),
+    "resume": ("never", "auto"),
+    "fabric.strategy": ("auto", "ddp"),
+    "systems.availability": ("always", "bernoulli", "trace"),
+    "systems.trace_unit": ("round", "second"),
+    "systems.deadline_policy": ("drop", "wait"),
+    "compare.test": ("ttest", "wilcoxon"),
+    "compare.format": ("png", "pdf", "svg"),
+    "fabric.precision": ("32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"),
+}
