@@ -124,11 +124,11 @@ def child_rounds(clients: int, rounds: int) -> dict[str, Any]:
 def child_naive(clients: int, rounds: int) -> dict[str, Any]:
     """The predecessor's layout; stops at `CAP`."""
     import torch
+    from csfl_callbacks.accounting import descendants, process_memory
     from torch.utils.data import DataLoader, Subset, TensorDataset
 
     from csfl_fabric.build import build_dataset
     from csfl_fabric.config import load_config
-    from csfl_callbacks.accounting import descendants, process_memory
     from csfl_fabric.registry import MODELS
 
     torch.set_num_threads(1)

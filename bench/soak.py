@@ -25,8 +25,8 @@ import psutil
 
 import csfl_fabric.build as build
 from csfl_fabric.callbacks.checkpoint import Checkpoint
-from csfl_fabric.engine.checkpoint import list_checkpoints
 from csfl_fabric.config import load_config
+from csfl_fabric.engine.checkpoint import list_checkpoints
 from csfl_fabric.registry import SELECTORS
 
 

@@ -46,36 +46,58 @@ class ClientResult:
 
 @dataclass
 class ClientHistory:
-    """Per-client bookkeeping over the run, one array entry per client."""
+    """Per-client bookkeeping over the run, one array entry per client: the run's one participation counter.
+
+    ``times_selected`` counts every selection (a client drawn twice in a round counts twice, dropped ones
+    too), ``times_completed`` the updates that reached the server, ``times_dropped`` the selected clients
+    that did not report (dropouts, deadline misses, over-commitment cuts); a client whose training failed
+    or diverged is selected but neither completed nor dropped. ``last_loss`` and ``last_round`` are those
+    of the client's latest completed update.
+    """
 
     num_samples: np.ndarray
     last_loss: np.ndarray = field(init=False)
-    times_selected: np.ndarray = field(init=False)
     last_round: np.ndarray = field(init=False)
+    times_selected: np.ndarray = field(init=False)
+    times_completed: np.ndarray = field(init=False)
+    times_dropped: np.ndarray = field(init=False)
+
+    #: The counters, in the order of `participation.csv`'s columns after ``client_id``.
+    COUNTS = ("times_selected", "times_completed", "times_dropped")
 
     def __post_init__(self) -> None:
         n = len(self.num_samples)
         self.last_loss = np.full(n, np.nan)
-        self.times_selected = np.zeros(n, dtype=np.int64)
         self.last_round = np.full(n, -1, dtype=np.int64)
+        for key in self.COUNTS:
+            setattr(self, key, np.zeros(n, dtype=np.int64))
 
-    def record(self, round_idx: int, results: Sequence[ClientResult]) -> None:
-        """Fold in the results of the clients that took part in ``round_idx``."""
+    def record(self, round_idx: int, results: Sequence[ClientResult], selected: np.ndarray | None = None,
+               dropped: np.ndarray | None = None) -> None:
+        """Count one round: the ``results`` that arrived, the ``selected`` ids and the ``dropped`` ids.
+
+        ``selected`` may repeat an id (sampling with replacement); it defaults to the results' clients, and
+        ``dropped`` to none.
+        """
+        completed = np.array([r.client_id for r in results], dtype=np.int64)
+        selected = completed if selected is None else selected
+        dropped = np.zeros(0, dtype=np.int64) if dropped is None else dropped
+        for counts, ids in ((self.times_selected, selected), (self.times_completed, completed),
+                            (self.times_dropped, dropped)):
+            np.add.at(counts, np.asarray(ids, dtype=np.int64), 1)
         for r in results:
             self.last_loss[r.client_id] = r.loss
-            self.times_selected[r.client_id] += 1
             self.last_round[r.client_id] = round_idx
 
     def state_dict(self) -> dict[str, Any]:
         """Arrays to checkpoint."""
-        return {"last_loss": self.last_loss.copy(), "times_selected": self.times_selected.copy(),
-                "last_round": self.last_round.copy()}
+        return {key: getattr(self, key).copy() for key in ("last_loss", "last_round", *self.COUNTS)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from `state_dict`."""
         self.last_loss = np.asarray(state["last_loss"], dtype=float).copy()
-        self.times_selected = np.asarray(state["times_selected"], dtype=np.int64).copy()
-        self.last_round = np.asarray(state["last_round"], dtype=np.int64).copy()
+        for key in ("last_round", *self.COUNTS):
+            setattr(self, key, np.asarray(state[key], dtype=np.int64).copy())
 
 
 @dataclass(frozen=True)

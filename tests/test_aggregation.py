@@ -9,8 +9,8 @@ import torch
 
 import csfl_fabric.aggregation  # noqa: F401  (registers the aggregators)
 from csfl_fabric.aggregation import Aggregator, FedAvg, weighted_mean
-from csfl_fabric.training.flat import ChunkRow
 from csfl_fabric.registry import AGGREGATORS
+from csfl_fabric.training.flat import ChunkRow
 
 SHAPES = {"w": (3, 2), "b": (2,)}
 

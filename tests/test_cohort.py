@@ -16,10 +16,10 @@ from torch import nn
 
 from csfl_fabric.aggregation import FedAvg
 from csfl_fabric.api import run
-from csfl_fabric.training.cohort import CohortTrainer
 from csfl_fabric.data.store import ClientStore
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.models import cnn
+from csfl_fabric.training.cohort import CohortTrainer
 from csfl_fabric.training.sequential import ClientTrainer, TrainSettings
 from tests.conftest import SMOKE
 from tests.test_orchestrator import Recorder

@@ -10,12 +10,12 @@ from scipy import stats
 
 import csfl_fabric
 from csfl_fabric.build import build_run
-from csfl_fabric.study.compare import parse_sweep, plan, run_status
-from csfl_fabric.errors import ConfigError, UnknownNameError
 from csfl_fabric.engine.loggers import read_metrics
+from csfl_fabric.errors import ConfigError, UnknownNameError
 from csfl_fabric.registry import SELECTORS
 from csfl_fabric.selection import ClientSelector
 from csfl_fabric.state import Selection
+from csfl_fabric.study.compare import parse_sweep, plan, run_status
 from tests.conftest import SMOKE
 
 METHODS = ["heuristic.random", "test.lowest_ids"]
@@ -38,7 +38,7 @@ def lowest_ids():
 @pytest.fixture(scope="module")
 def comparison(lowest_ids, tmp_path_factory):
     runs = tmp_path_factory.mktemp("cmp") / "runs"
-    result = csfl_fabric.study.compare(SMOKE, methods=METHODS, seeds=[0, 1], overrides=[f"logging.dir={runs}"])
+    result = csfl_fabric.compare(SMOKE, methods=METHODS, seeds=[0, 1], overrides=[f"logging.dir={runs}"])
     return result, runs
 
 
@@ -131,7 +131,7 @@ def test_report_has_the_paired_tests_and_plots(comparison):
 def test_rerun_skips_finished_runs_and_report_rebuilds_as_svg(comparison, tmp_path):
     result, runs = comparison
     mtimes = {p: p.stat().st_mtime_ns for spec, _ in result.runs for p in spec.run_dir.iterdir()}
-    again = csfl_fabric.study.compare(SMOKE, methods=METHODS, seeds=[0, 1], overrides=[f"logging.dir={runs}"],
+    again = csfl_fabric.compare(SMOKE, methods=METHODS, seeds=[0, 1], overrides=[f"logging.dir={runs}"],
                                 fmt="svg", test="wilcoxon")
     assert [a for _, a in again.runs] == ["skipped"] * 4
     assert mtimes == {p: p.stat().st_mtime_ns for p in mtimes}
@@ -164,17 +164,17 @@ def test_compare_block_in_yaml_gives_the_defaults(tmp_path):
 
 def test_a_bad_method_fails_before_anything_runs(tmp_path):
     with pytest.raises(UnknownNameError, match="heuristic.random"):
-        csfl_fabric.study.compare(SMOKE, methods=["heuristic.random", "heuristic.rnadom"],
+        csfl_fabric.compare(SMOKE, methods=["heuristic.random", "heuristic.rnadom"],
                             overrides=[f"logging.dir={tmp_path}"])
     with pytest.raises(ConfigError, match="baseline"):
-        csfl_fabric.study.compare(SMOKE, baseline="heuristic.pow_d", overrides=[f"logging.dir={tmp_path}"])
+        csfl_fabric.compare(SMOKE, baseline="heuristic.pow_d", overrides=[f"logging.dir={tmp_path}"])
     assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow
 def test_isolated_runs_match_in_process_runs(tmp_path):
-    inproc = csfl_fabric.study.compare(SMOKE, seeds=[0], overrides=["rounds.num_rounds=2", f"logging.dir={tmp_path / 'a'}"])
-    isolated = csfl_fabric.study.compare(SMOKE, seeds=[0], overrides=["rounds.num_rounds=2", f"logging.dir={tmp_path / 'b'}"],
+    inproc = csfl_fabric.compare(SMOKE, seeds=[0], overrides=["rounds.num_rounds=2", f"logging.dir={tmp_path / 'a'}"])
+    isolated = csfl_fabric.compare(SMOKE, seeds=[0], overrides=["rounds.num_rounds=2", f"logging.dir={tmp_path / 'b'}"],
                                    isolate=True)
     (a, _), (b, _) = inproc.runs[0], isolated.runs[0]
     assert (a.run_dir / "metrics.csv").read_bytes() == (b.run_dir / "metrics.csv").read_bytes()

@@ -9,8 +9,8 @@ import wandb
 
 import csfl_fabric
 from csfl_fabric.cli import main
-from csfl_fabric.study.compare import run_status
 from csfl_fabric.engine.loggers import read_metrics
+from csfl_fabric.study.compare import run_status
 from tests.conftest import REPO, SMOKE
 
 
@@ -61,7 +61,7 @@ def test_wandb_runs_share_a_group_with_method_job_type_tags_and_summary(tmp_path
         return real_init(**kwargs)
 
     monkeypatch.setattr(wandb, "init", spy)
-    result = csfl_fabric.study.compare(SMOKE, seeds=[0, 1], overrides=[f"logging.dir={tmp_path}", "rounds.num_rounds=2"])
+    result = csfl_fabric.compare(SMOKE, seeds=[0, 1], overrides=[f"logging.dir={tmp_path}", "rounds.num_rounds=2"])
     assert [(k["group"], k["job_type"], k["tags"]) for k in seen] == [
         ("smoke", "heuristic.random", ["heuristic.random", f"seed{s}"]) for s in (0, 1)]
     for spec, _ in result.runs:

@@ -11,11 +11,11 @@ from lightning.fabric import Fabric
 from torch import nn
 
 from csfl_fabric.aggregation import FedAdam, FedAvg
-from csfl_fabric.training.cohort import CohortTrainer
 from csfl_fabric.data.store import ClientStore
 from csfl_fabric.engine.guard import all_finite
-from csfl_fabric.training.flat import FlatParams, Layout, flat_of, flatten_module, l2_norm
 from csfl_fabric.state import ClientResult
+from csfl_fabric.training.cohort import CohortTrainer
+from csfl_fabric.training.flat import FlatParams, Layout, flat_of, flatten_module, l2_norm
 from csfl_fabric.training.sequential import ClientTrainer, TrainSettings, make_optimizer
 
 

@@ -17,10 +17,10 @@ import torch
 
 from csfl_fabric import SELECTORS, run
 from csfl_fabric.api import resume
-from csfl_fabric.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from csfl_fabric.cli import main
-from csfl_fabric.errors import RunInterrupted
+from csfl_fabric.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from csfl_fabric.engine.resume import latest_checkpoint
+from csfl_fabric.errors import RunInterrupted
 
 from .conftest import REPO, SMOKE
 
@@ -34,7 +34,7 @@ BASE = ["rounds.num_rounds=12", "rounds.clients_per_round=4", "rounds.eval_every
 # written before `round` (data written, not yet renamed).
 DRIVER = """
 import os, signal, sys
-import csfl_fabric.callbacks.checkpoint as ck
+import csfl_fabric.engine.checkpoint as ck
 from csfl_fabric import run
 kill_round, kill_client = int(sys.argv[1]), int(sys.argv[2])
 def die(*_): os.kill(os.getpid(), signal.SIGKILL)

@@ -16,8 +16,8 @@ import pytest
 from csfl_fabric import run
 from csfl_fabric.api import resume
 from csfl_fabric.engine.checkpoint import load_checkpoint
-from csfl_fabric.errors import RunInterrupted
 from csfl_fabric.engine.resume import latest_checkpoint
+from csfl_fabric.errors import RunInterrupted
 
 from .conftest import REPO, SMOKE
 

@@ -6,6 +6,7 @@ import torch
 
 import csfl_fabric
 from csfl_fabric.build import build_dataset, build_run
+from csfl_fabric.engine.checkpoint import load_checkpoint
 from csfl_fabric.callbacks.study import forward_flops_per_sample, read_selection
 from csfl_fabric.engine.loggers import read_metrics
 from csfl_fabric.study.metrics import gini, normalized_entropy
@@ -50,10 +51,10 @@ def test_forward_flops_of_a_small_mlp():
 def test_a_resumed_run_continues_totals_and_selection_log(smoke):
     # Prepare: a finished 3-round run, then the same run directory rebuilt and set back to round 2, as a
     # checkpoint resume does (state restored, CSV rows of later rounds dropped) before `on_run_start`.
-    first = csfl_fabric.run(SMOKE, smoke)
+    first = csfl_fabric.run(SMOKE, [*smoke, "checkpoint.every_n_rounds=1", "checkpoint.keep=5"])
     rows = first.metrics
     run = build_run(first.config, run_dir=first.run_dir)
-    run.orchestrator.state.round = 2
+    run.orchestrator.load_state_dict(load_checkpoint(first.run_dir / "checkpoints" / "round-000002.pt")["state"])
     for logger in run.fabric.loggers:
         logger.truncate(2)
 

@@ -9,8 +9,8 @@ import pytest
 
 from csfl_fabric import run
 from csfl_fabric.engine.loggers import WandbLogger
-from csfl_fabric.state import Selection
-from csfl_fabric.engine.telemetry import Participation, jain_index, never_selected_fraction
+from csfl_fabric.engine.telemetry import jain_index, never_selected_fraction, participation_summary
+from csfl_fabric.state import ClientHistory, ClientResult, Selection
 
 from .conftest import SMOKE
 
@@ -30,17 +30,22 @@ def test_jain_index_bounds_and_undefined_case() -> None:
     assert never_selected_fraction([0, 1, 0, 0]) == 0.75
 
 
-def test_participation_counts_duplicates_and_round_trips() -> None:
-    p = Participation(4)
-    p.record(np.array([1, 1, 2]), completed=np.array([1, 1]), dropped=np.array([2]))
-    p.record(np.array([3]), completed=np.array([3]), dropped=np.array([], dtype=np.int64))
-    assert p.selected.tolist() == [0, 2, 1, 1]
-    assert p.completed.tolist() == [0, 2, 0, 1]
-    assert p.dropped.tolist() == [0, 0, 1, 0]
-    q = Participation(4)
-    q.load_state_dict(p.state_dict())
-    assert q.summary() == p.summary()
-    assert p.summary()["participation/never_selected_frac"] == 0.25
+def _result(client_id: int) -> ClientResult:
+    return ClientResult(client_id=client_id, num_samples=1, num_steps=1, samples_processed=1, loss=0.5, loss_sq_sum=0.25)
+
+
+def test_history_counts_duplicates_and_round_trips() -> None:
+    h = ClientHistory(np.ones(4, dtype=np.int64))
+    h.record(0, [_result(1), _result(1)], np.array([1, 1, 2]), dropped=np.array([2]))
+    h.record(1, [_result(3)])
+    assert h.times_selected.tolist() == [0, 2, 1, 1]
+    assert h.times_completed.tolist() == [0, 2, 0, 1]
+    assert h.times_dropped.tolist() == [0, 0, 1, 0]
+    assert h.last_round.tolist() == [-1, 0, -1, 1]
+    q = ClientHistory(np.ones(4, dtype=np.int64))
+    q.load_state_dict(h.state_dict())
+    assert participation_summary(q) == participation_summary(h)
+    assert participation_summary(h)["participation/never_selected_frac"] == 0.25
 
 
 def test_run_writes_participation_csv_and_fairness_to_the_summary(smoke: list[str]) -> None:

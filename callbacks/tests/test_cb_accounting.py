@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from csfl_callbacks.accounting import GIB, RamReader, descendants, process_memory, read_ram
 
 MIB = 1024**2

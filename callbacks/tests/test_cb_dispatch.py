@@ -3,10 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from lightning.fabric import Fabric
-
 from csfl_callbacks import Callback
 from csfl_callbacks.dispatch import HookDispatcher
+from lightning.fabric import Fabric
 
 
 class Narrow:

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from csfl_callbacks import GarbageCollect, MemoryMonitor, RamGuard
+from csfl_callbacks.accounting import GIB, RamReading
+from csfl_callbacks.lightning import LightningMemoryPolicies
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-from csfl_callbacks import GarbageCollect, MemoryMonitor, RamGuard
-from csfl_callbacks.lightning import LightningMemoryPolicies
-from csfl_callbacks.accounting import GIB, RamReading
 
 
 class Tiny(pl.LightningModule):

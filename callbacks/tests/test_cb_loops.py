@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.fabric import Fabric
-from torch import nn
-
 from csfl_callbacks import HOOKS, Callback, GarbageCollect, HookDispatcher, MemoryMonitor, MemoryPolicies, RamGuard
 from csfl_callbacks.accounting import GIB, RamReading
+from lightning.fabric import Fabric
+from torch import nn
 
 HEAVY = ("lightning", "omegaconf", "wandb", "scipy", "matplotlib", "sklearn", "torchvision", "csfl_fabric")
 
@@ -27,7 +26,8 @@ def test_importing_csfl_callbacks_loads_none_of_the_simulator_stack() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(root), "PATH": ""}, cwd=root)
     loaded = set(json.loads(out.stdout))
-    assert "torch" in loaded and "csfl_callbacks" in loaded
+    assert "torch" in loaded
+    assert "csfl_callbacks" in loaded
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
 
 
@@ -111,7 +111,8 @@ def test_policies_and_callbacks_in_a_fabric_loop() -> None:
     assert rounds == 1  # RAM stayed above the abort threshold after the cleanup: the loop was asked to stop
     assert state.stop_reason.startswith("RamGuard: RAM at 95%")
     assert recorder.calls[0] == ("on_round_start", 0)
-    assert "mem/process_gb" in recorder.calls[1][1] and "mem/emergency_cleanups" in recorder.calls[1][1]
+    assert "mem/process_gb" in recorder.calls[1][1]
+    assert "mem/emergency_cleanups" in recorder.calls[1][1]
 
 
 def test_the_dispatcher_fires_every_hook_name_of_the_base() -> None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import gc
 
+import csfl_callbacks.memory as memory
 import pytest
 import torch
-
-import csfl_callbacks.memory as memory
 from csfl_callbacks import EmptyCudaCache, GarbageCollect, MemoryMonitor, RamGuard, release_memory
 from csfl_callbacks.accounting import GIB, RamReading
 
@@ -102,11 +101,13 @@ def test_ram_guard_cleanup_calls_what_it_was_handed_and_nothing_global() -> None
     guard = RamGuard(threshold=0.7, reader=lambda: _fake_reading(0.75), release=[cache.clear,
                                                                                lambda: calls.append("fn")])
     assert guard.check()
-    assert cache == {} and calls == ["fn"]
+    assert cache == {}
+    assert calls == ["fn"]
     # Another guard, handed nothing, releases nothing of the first one's.
     cache["b"] = torch.ones(1)
     assert RamGuard(threshold=0.7, reader=lambda: _fake_reading(0.75)).check()
-    assert list(cache) == ["b"] and calls == ["fn"]
+    assert list(cache) == ["b"]
+    assert calls == ["fn"]
 
 
 def test_release_memory_reports_what_it_ran() -> None:

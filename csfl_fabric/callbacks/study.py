@@ -40,7 +40,8 @@ def params_bytes(params: dict[str, torch.Tensor]) -> int:
 class StudyMetrics(Callback):
     """Adds the metrics a selection study reports, per round to ``metrics.csv`` and per run to ``summary.json``.
 
-    Per round: ``fair/participation_{var,gini,entropy}`` over every client's selection count so far,
+    Per round: ``fair/participation_{var,gini,entropy}`` over every client's selection count so far
+    (``ClientHistory.times_selected``, the run's one counter),
     ``fair/label_coverage`` of the round's cohort, ``cost/bytes_{down,up}`` (model bytes x clients sent the
     model / that returned it), ``cost/flops`` (3 x forward FLOPs per sample x samples processed) and their
     cumulative ``*_total``. The round's selection goes to ``selection.csv``.
@@ -51,7 +52,6 @@ class StudyMetrics(Callback):
     """
 
     def __init__(self) -> None:
-        self.counts = np.zeros(0, dtype=np.int64)
         self.totals = {"cost/bytes_down_total": 0.0, "cost/bytes_up_total": 0.0, "cost/flops_total": 0.0}
         self.info: dict[str, float] = {}
         self._present = np.zeros((0, 0), dtype=bool)
@@ -68,7 +68,6 @@ class StudyMetrics(Callback):
         classes = torch.unique(y)
         self._present = np.stack([torch.isin(classes, y[store.client(c, 0).indices.cpu()]).numpy()
                                   for c in range(store.num_clients)])
-        self.counts = np.zeros(store.num_clients, dtype=np.int64)
         info_path = run_dir / "study.json" if run_dir is not None else None
         if info_path is not None and info_path.exists() and state.round > 0:
             self.info = json.loads(info_path.read_text())
@@ -90,17 +89,14 @@ class StudyMetrics(Callback):
         rows = [r for r in read_selection(run_dir) if r[0] < start_round]
         if self._writes:
             _write_selection(run_dir, rows)
-        for _, ids in rows:
-            np.add.at(self.counts, ids, 1)
         done = [r for r in read_metrics(run_dir) if r["round"] < start_round] if (run_dir / "metrics.csv").exists() \
             else []
         if done:
             self.totals = {k: done[-1].get(k, 0.0) for k in self.totals}
 
     def on_selection(self, state: Any, selection: Any) -> None:
-        """Count the cohort's participation."""
+        """Remember the cohort (its participation is counted in the run's `ClientHistory`)."""
         self._cohort = [int(c) for c in selection.ids]
-        np.add.at(self.counts, self._cohort, 1)
         self._samples = self._returned = 0
 
     def on_client_end(self, state: Any, client_id: int, result: Any) -> None:
@@ -115,10 +111,11 @@ class StudyMetrics(Callback):
                      "cost/flops": TRAIN_FLOPS_PER_FORWARD * flops * self._samples}
         for key, value in per_round.items():
             self.totals[f"{key}_total"] += value
+        counts = orchestrator.state.history.times_selected
         metrics.update({
-            "fair/participation_var": participation_variance(self.counts),
-            "fair/participation_gini": gini(self.counts),
-            "fair/participation_entropy": normalized_entropy(self.counts),
+            "fair/participation_var": participation_variance(counts),
+            "fair/participation_gini": gini(counts),
+            "fair/participation_entropy": normalized_entropy(counts),
             "fair/label_coverage": label_coverage(self._present, self._cohort),
             **per_round, **self.totals,
         })

@@ -23,7 +23,7 @@ from csfl_fabric.engine.distributed import Ranks
 from csfl_fabric.engine.guard import ClientGuard
 from csfl_fabric.engine.loggers import WandbLogger, write_json
 from csfl_fabric.engine.rng import global_rng_state, set_global_rng_state
-from csfl_fabric.engine.telemetry import Participation, selection_metrics
+from csfl_fabric.engine.telemetry import participation_summary, selection_metrics, write_participation_csv
 from csfl_fabric.errors import RunInterrupted
 from csfl_fabric.selection.base import ClientSelector, check_selection
 from csfl_fabric.state import ClientHistory, ClientResult, Feedback, Params, RunState, Selection, SelectionContext
@@ -59,7 +59,7 @@ class Orchestrator:
     """
 
     #: Attributes whose ``state_dict()`` a checkpoint holds: a component added later registers here in one line.
-    STATEFUL: tuple[str, ...] = ("aggregator", "selector", "systems", "participation")
+    STATEFUL: tuple[str, ...] = ("aggregator", "selector", "systems")
 
     def __init__(
         self,
@@ -91,7 +91,6 @@ class Orchestrator:
         self.rounds = rounds
         self.selection_rng = selection_rng
         self.systems = systems
-        self.participation = Participation(store.num_clients)
         self.run_dir = run_dir
         self.guard = guard or ClientGuard()
         self.ranks = Ranks(fabric)
@@ -120,10 +119,10 @@ class Orchestrator:
             self.call("on_run_end", state=state, orchestrator=self)
             self.summary.update(rounds_completed=state.round, stop_reason=state.stop_reason, status=status,
                                 wall_seconds=time.perf_counter() - started, selector=self.selector_key,
-                                sim_total_s=self.systems.total_s, **self.participation.summary())
+                                sim_total_s=self.systems.total_s, **participation_summary(state.history))  # type: ignore[arg-type]
             if self.run_dir is not None and self.is_writer:
                 write_json(self.run_dir / "summary.json", self.summary)
-                self.participation.write_csv(self.run_dir / "participation.csv")
+                write_participation_csv(state.history, self.run_dir / "participation.csv")  # type: ignore[arg-type]
             for logger in self.fabric.loggers:
                 logger.finalize(status)
         return state
@@ -154,10 +153,9 @@ class Orchestrator:
             self.global_params = self.aggregator.compute()
 
         # 4. Feedback to the selector and the per-client history.
-        state.history.record(r, results)  # type: ignore[union-attr]
+        state.history.record(r, results, selection.ids, plan.dropped)  # type: ignore[union-attr]
         self.selector.update(Feedback(round=r, selection=selection, results=results, durations=plan.durations,
                                       dropped=plan.dropped, updates=self._updates))
-        self.participation.record(selection.ids, np.array([c.client_id for c in results], np.int64), plan.dropped)
 
         # 5. Metrics, with evaluation every `eval_every` rounds and always in the last one.
         state.metrics.update(self._round_metrics(selection, results))
@@ -277,7 +275,7 @@ class Orchestrator:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned (the next `run` continues from ``state["round"]``)."""
         self.state.round = int(state["round"])
-        # Through the model, so that the global params are laid out as its flat buffer again (`csfl_fabric.training.flat`).
+        # Through the model, so that the global params are laid out as its flat buffer again (`training.flat`).
         self.trainer.load(state["global_params"])
         self.global_params = self.trainer.global_params()
         self.state.history.load_state_dict(state["history"])  # type: ignore[union-attr]

@@ -1,15 +1,14 @@
-"""Selection telemetry: fairness of participation (pure functions) and the per-run participation counts."""
+"""Selection telemetry: fairness of participation (pure functions over the run's `ClientHistory`)."""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from csfl_fabric.state import Selection
+from csfl_fabric.state import ClientHistory, Selection
 
 
 def jain_index(x: Sequence[float] | np.ndarray) -> float:
@@ -53,43 +52,18 @@ def selection_metrics(selection: Selection, num_available: int) -> dict[str, flo
     return out
 
 
-class Participation:
-    """How often each client was selected, completed its update, or was dropped, over a run.
+def participation_summary(history: ClientHistory) -> dict[str, float]:
+    """Run-level fairness of participation: Jain's index and the never-selected fraction."""
+    return {"participation/jain_selected": jain_index(history.times_selected),
+            "participation/jain_completed": jain_index(history.times_completed),
+            "participation/never_selected_frac": never_selected_fraction(history.times_selected),
+            "participation/never_completed_frac": never_selected_fraction(history.times_completed)}
 
-    Args:
-        num_clients: the population size.
-    """
 
-    def __init__(self, num_clients: int) -> None:
-        self.selected = np.zeros(num_clients, dtype=np.int64)
-        self.completed = np.zeros(num_clients, dtype=np.int64)
-        self.dropped = np.zeros(num_clients, dtype=np.int64)
-
-    def record(self, selected: np.ndarray, completed: np.ndarray, dropped: np.ndarray) -> None:
-        """Count one round (ids may repeat when a selector samples with replacement)."""
-        for counts, ids in ((self.selected, selected), (self.completed, completed), (self.dropped, dropped)):
-            np.add.at(counts, np.asarray(ids, dtype=np.int64), 1)
-
-    def summary(self) -> dict[str, float]:
-        """Run-level fairness of participation: Jain's index and the never-selected fraction."""
-        return {"participation/jain_selected": jain_index(self.selected),
-                "participation/jain_completed": jain_index(self.completed),
-                "participation/never_selected_frac": never_selected_fraction(self.selected),
-                "participation/never_completed_frac": never_selected_fraction(self.completed)}
-
-    def write_csv(self, path: str | Path) -> None:
-        """One row per client: ``client_id,selected,completed,dropped``."""
-        with Path(path).open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["client_id", "selected", "completed", "dropped"])
-            rows = zip(self.selected.tolist(), self.completed.tolist(), self.dropped.tolist(), strict=True)
-            writer.writerows([i, *row] for i, row in enumerate(rows))
-
-    def state_dict(self) -> dict[str, Any]:
-        """The counts, for checkpoints."""
-        return {"selected": self.selected.copy(), "completed": self.completed.copy(), "dropped": self.dropped.copy()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict` returned."""
-        for key in ("selected", "completed", "dropped"):
-            setattr(self, key, np.asarray(state[key], dtype=np.int64).copy())
+def write_participation_csv(history: ClientHistory, path: str | Path) -> None:
+    """One row per client: ``client_id,selected,completed,dropped``."""
+    with Path(path).open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["client_id", "selected", "completed", "dropped"])
+        rows = zip(*(getattr(history, key).tolist() for key in history.COUNTS), strict=True)
+        writer.writerows([i, *row] for i, row in enumerate(rows))

@@ -21,6 +21,7 @@ from torchmetrics.classification import (
 from csfl_fabric.data.store import ClientData
 from csfl_fabric.state import ClientResult, Params
 from csfl_fabric.training.flat import FlatParams, flat_of, flatten_module, l2_norm
+from csfl_fabric.training.optim import FunctionalOptimizer, OptimizerSettings
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,14 @@ class TrainSettings:
     eval_batch_size: int = 1024
     channels_last: bool = True
 
+    @property
+    def optimizer_settings(self) -> OptimizerSettings:
+        """What the update rule (`FunctionalOptimizer`) needs."""
+        return OptimizerSettings(self.optimizer, self.lr, self.momentum, self.weight_decay)
+
 
 def make_optimizer(params: Sequence[nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
-    """The client optimizer named by ``s.optimizer`` (``sgd`` or ``adam``)."""
+    """torch.optim's version of ``s.optimizer``, for Fabric's setup and the gradient-scaler path."""
     if s.optimizer == "adam":
         return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
     return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
@@ -89,10 +95,11 @@ class ClientTrainer:
         self._views: Params = flat if flat is not None else {k: t.detach() for k, t in state.items()}
         self._layout = flat.layout if flat is not None else None
         self._others = [(state[k], k) for k in self.keys if flat is not None and k not in flat.layout.names]
-        # Plain SGD without a gradient scaler takes `_step`, torch.optim.SGD's foreach update without the
-        # optimizer's per-call wrappers (profiling, grad mode, grouping): ~70 us a step on a CPU, ~6% of a client.
-        self._fast_sgd = settings.optimizer == "sgd" and getattr(self._precision, "scaler", None) is None
-        self._momentum: list[Tensor | None] = []
+        # Without a gradient scaler the step is the shared `FunctionalOptimizer` (also the cohort's), without
+        # torch.optim's per-call wrappers (profiling, grad mode, grouping): ~70 us a step on a CPU, ~6% of a
+        # client. A scaler must unscale inside torch.optim's step, so that path keeps torch.optim.
+        self._functional = getattr(self._precision, "scaler", None) is None
+        self._opt = FunctionalOptimizer(settings.optimizer_settings)
         # Every rank evaluates the whole test set itself: torchmetrics must not add up the ranks' states.
         metrics = {"acc": MulticlassAccuracy(num_classes, average="micro", sync_on_compute=False),
                    "f1": MulticlassF1Score(num_classes, average="macro", sync_on_compute=False),
@@ -181,33 +188,24 @@ class ClientTrainer:
 
     def _clear_optimizer(self) -> None:
         self.optimizer.state.clear()
-        self._momentum = [None] * len(self._params)
+        self._opt.reset()
 
     @torch.no_grad()
     def _step(self) -> None:
-        if not self._fast_sgd:
+        if not self._functional:
             self.optimizer.step()
             return
-        # torch.optim.SGD's foreach update (dampening 0, no Nesterov), for the parameters that have a gradient.
-        s = self.settings
-        live = [i for i, p in enumerate(self._params) if p.grad is not None]
-        params = [self._params[i] for i in live]
-        grads = [p.grad for p in params]
-        if s.weight_decay:
-            grads = list(torch._foreach_add(grads, params, alpha=s.weight_decay))  # type: ignore[arg-type]
-        if s.momentum:
-            buffers = [self._momentum[i] for i in live]
-            if all(b is not None for b in buffers):
-                torch._foreach_mul_(buffers, s.momentum)  # type: ignore[arg-type]
-                torch._foreach_add_(buffers, grads)  # type: ignore[arg-type]
-            else:  # the first step starts each buffer at the gradient, as torch does
-                for j, i in enumerate(live):
-                    if buffers[j] is None:
-                        buffers[j] = self._momentum[i] = grads[j].clone()  # type: ignore[union-attr]
-                    else:
-                        buffers[j].mul_(s.momentum).add_(grads[j])  # type: ignore[union-attr,arg-type]
-            grads = buffers
-        torch._foreach_add_(params, grads, alpha=-s.lr)  # type: ignore[arg-type]
+        # The parameters that have a gradient; the gradients are ours (set to None before every backward).
+        live = [(i, p) for i, p in enumerate(self._params) if p.grad is not None]
+        if not live:
+            return
+        steps = [self._opt.direction(i, p.grad, p) for i, p in live]  # type: ignore[arg-type]
+        lrs = {lr for _, lr in steps}
+        if len(lrs) == 1:  # the usual case (Adam's per-tensor bias correction differs only if a tensor skipped steps)
+            torch._foreach_add_([p for _, p in live], [d for d, _ in steps], alpha=-lrs.pop())
+            return
+        for (_, p), (d, lr) in zip(live, steps, strict=True):
+            p.add_(d, alpha=-lr)
 
     def fit_many(self, global_params: Params, clients: Iterable[ClientData]) -> Iterator[tuple[Params, ClientResult]]:
         """`fit` each of ``clients`` from ``global_params`` in order, lazily: a client trains when its item is drawn.
