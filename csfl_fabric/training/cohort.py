@@ -26,7 +26,8 @@ from csfl_fabric.errors import ConfigError
 from csfl_fabric.state import ClientResult, Params
 from csfl_fabric.training.flat import ChunkRow, l2_norm
 from csfl_fabric.training.optim import FunctionalOptimizer
-from csfl_fabric.training.sequential import ClientTrainer, TrainSettings
+from csfl_fabric.training.sequential import ClientTrainer
+from csfl_fabric.training.settings import TrainSettings
 
 
 def check_cohort_model(model: nn.Module) -> None:

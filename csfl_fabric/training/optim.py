@@ -9,23 +9,13 @@ gradient scaler must unscale inside ``optimizer.step`` (16-bit mixed precision o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
+from csfl_fabric.training.settings import OptimizerSettings
+
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults
 ADAM_EPS = 1e-8
-
-
-@dataclass(frozen=True)
-class OptimizerSettings:
-    """What the update rule needs: ``optimizer`` (``sgd`` or ``adam``), ``lr``, ``momentum``, ``weight_decay``."""
-
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
 
 
 class FunctionalOptimizer:
