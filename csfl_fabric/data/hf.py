@@ -36,7 +36,6 @@ def _load(path: str, train_split: str, test_split: str, cache_dir: str | None) -
         if saved:  # written by Dataset(Dict).save_to_disk
             loaded = hf.load_from_disk(local)
         else:  # a folder of csv/json/parquet files, or a dataset name already in the local cache
-            hf.disable_progress_bars()
             loaded = hf.load_dataset(local if os.path.isdir(local) else path, cache_dir=cache_dir)
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
         reason = " ".join(str(err).split())
@@ -81,7 +80,7 @@ def hf(
 ) -> FederatedDataset:
     """A local Hugging Face dataset: one input column, one integer (or ``ClassLabel``) label column.
 
-    Inputs: uint8 images (``Image`` features or arrays ``H x W [x C]``) become NCHW floats in [0, 1] standardised
+    Inputs: images (``Image`` features or uint8 ``Array2D``/``Array3D``, ``H x W [x C]``) become NCHW floats in [0, 1] standardised
     per channel with train statistics; float columns stay as they are; integer columns (token ids) stay integers.
 
     Args:
@@ -108,7 +107,9 @@ def hf(
     columns = [input_column, label_column] + ([client_column] if client_column else [])
     for key, column in zip(("input_column", "label_column", "client_column"), columns, strict=False):
         _check(key, column, column in train.column_names, f"choose one of {', '.join(train.column_names)}")
-    image = isinstance(train.features[input_column], _datasets().Image)
+    # Images: an `Image` feature or a uint8 `Array2D`/`Array3D` (whose numpy format comes back as int64).
+    feature = train.features[input_column]
+    image = isinstance(feature, _datasets().Image) or getattr(feature, "dtype", None) == "uint8"
     train_np = train.with_format("numpy")
     x, y = _inputs(train_np[input_column], input_column, image), np.asarray(train_np[label_column], dtype=np.int64)
     ids = np.unique(np.asarray(train_np[client_column]), return_inverse=True)[1].reshape(-1) if client_column else None
@@ -125,8 +126,7 @@ def hf(
         clients = None if clients is None else clients[train_idx]
     if x.is_floating_point() and x.dim() == 4:
         x, x_test = _standardise(x, x_test)
-    feature = train.features[label_column]
-    num_classes = int(getattr(feature, "num_classes", 0) or max(y.max(initial=0), y_test.max(initial=0)) + 1)
+    num_classes = int(getattr(train.features[label_column], "num_classes", 0) or max(y.max(initial=0), y_test.max(initial=0)) + 1)
     client_indices = None
     if clients is not None and ids is not None:
         order = np.argsort(clients, kind="stable")  # rows of client 0, then client 1, ...: one sort, no per-id scan
