@@ -23,7 +23,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 def write_mnist(root: Path, folder: str, n_train: int = 30, n_test: int = 10,
                 prefixes: tuple[str, str] = ("train", "t10k"), num_classes: int = 10) -> None:
-    """MNIST-style ``{folder}/raw/{prefix}-images-idx3-ubyte`` and labels ``i % num_classes`` (EMNIST: other prefixes)."""
+    """MNIST-style ``{folder}/raw/{prefix}-images-idx3-ubyte``, labels ``i % num_classes`` (EMNIST: other prefixes)."""
     raw = root / folder / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)

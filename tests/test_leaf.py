@@ -20,7 +20,7 @@ User = tuple[list, list, list, list]  # train x, train y, test x, test y
 
 
 def write_leaf(root: Path, users: dict[str, User], per_file: int = 2) -> None:
-    """LEAF's layout: train/*.json and test/*.json of ``per_file`` users each, plus an empty entry LEAF leaves behind."""
+    """LEAF's layout: train/ and test/ JSON of ``per_file`` users each, plus an empty entry LEAF leaves behind."""
     names = list(users)
     for split, (xi, yi) in (("train", (0, 1)), ("test", (2, 3))):
         (root / split).mkdir(parents=True)
@@ -147,7 +147,8 @@ def test_trains_two_rounds(tmp_path: Path, smoke: list[str], name: str, model: s
                          "rounds.num_rounds=2", "rounds.clients_per_round=2", "train.batch_size=4"])
     assert len(result.metrics) == 2
     assert all(0.0 <= float(m["eval/acc"]) <= 1.0 and np.isfinite(float(m["eval/loss"])) for m in result.metrics)
-    assert result.params["fc2.weight" if name == "femnist" else "fc.weight"].shape[0] == (62 if name == "femnist" else 80)
+    head, classes = ("fc2.weight", 62) if name == "femnist" else ("fc.weight", 80)
+    assert result.params[head].shape[0] == classes
 
 
 def test_cohort_backend_refuses_the_lstm_at_build_time(tmp_path: Path, smoke: list[str]) -> None:

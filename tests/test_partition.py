@@ -194,7 +194,8 @@ def test_quantity_skew_sizes_follow_their_law_and_labels_stay_iid(distribution: 
     # Sizes are c * w_k for an unknown c, so log sizes are log w_k shifted: remove the shift by its estimate.
     log_sizes = np.log([len(p) for p in parts])
     if distribution == "lognormal":  # log w ~ N(0, sigma); the mean estimates the shift
-        centred, law, wrong = log_sizes - log_sizes.mean(), stats.norm(0, params["sigma"]), stats.norm(0, 1.5 * params["sigma"])
+        sigma = params["sigma"]
+        centred, law, wrong = log_sizes - log_sizes.mean(), stats.norm(0, sigma), stats.norm(0, 1.5 * sigma)
     else:  # Pareto(a) with scale 1: log w ~ Exponential(rate a); the minimum estimates the shift (bias 1 / (a k))
         a = params["exponent"]
         centred, law, wrong = log_sizes - log_sizes.min(), stats.expon(scale=1 / a), stats.expon(scale=1.5 / a)

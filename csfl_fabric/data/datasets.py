@@ -210,7 +210,12 @@ TRAIN_TEST: tuple[dict[str, Any], dict[str, Any]] = ({"train": True}, {"train": 
 
 
 def _load_torchvision(
-    name: str, cls_name: str, folder: str, root: str, download: bool, splits_as: tuple[dict[str, Any], ...] = TRAIN_TEST,
+    name: str,
+    cls_name: str,
+    folder: str,
+    root: str,
+    download: bool,
+    splits_as: tuple[dict[str, Any], ...] = TRAIN_TEST,
     **kwargs: Any,
 ) -> FederatedDataset:
     """Load a torchvision dataset's train and test splits into standardised NCHW float32 tensors.

@@ -46,7 +46,7 @@ def _load(path: str, train_split: str, test_split: str, cache_dir: str | None) -
     if not isinstance(loaded, hf.DatasetDict):
         return loaded, None
     _check("train_split", train_split, train_split in loaded, f"choose one of {', '.join(loaded)}")
-    return loaded[train_split], loaded[test_split] if test_split in loaded else None
+    return loaded[train_split], loaded.get(test_split)
 
 
 def _inputs(column: Any, name: str, image: bool) -> Tensor:
@@ -80,7 +80,8 @@ def hf(
 ) -> FederatedDataset:
     """A local Hugging Face dataset: one input column, one integer (or ``ClassLabel``) label column.
 
-    Inputs: images (``Image`` features or uint8 ``Array2D``/``Array3D``, ``H x W [x C]``) become NCHW floats in [0, 1] standardised
+    Inputs: images (``Image`` features or uint8 ``Array2D``/``Array3D``, ``H x W [x C]``) become NCHW floats in
+    [0, 1] standardised
     per channel with train statistics; float columns stay as they are; integer columns (token ids) stay integers.
 
     Args:
@@ -126,7 +127,8 @@ def hf(
         clients = None if clients is None else clients[train_idx]
     if x.is_floating_point() and x.dim() == 4:
         x, x_test = _standardise(x, x_test)
-    num_classes = int(getattr(train.features[label_column], "num_classes", 0) or max(y.max(initial=0), y_test.max(initial=0)) + 1)
+    seen = max(y.max(initial=0), y_test.max(initial=0)) + 1
+    num_classes = int(getattr(train.features[label_column], "num_classes", 0) or seen)
     client_indices = None
     if clients is not None and ids is not None:
         order = np.argsort(clients, kind="stable")  # rows of client 0, then client 1, ...: one sort, no per-id scan

@@ -63,8 +63,8 @@ def _read_users(folder: Path, convert: Callable[[dict[str, Any], str], Arrays]) 
 
     Only ``users`` is trusted for membership: LEAF's split script leaves empty ``user_data`` entries of users it drops.
     Each file's Python lists are converted and dropped before the next file is parsed, so the parsed JSON of one
-    file at a time is alive, not the whole dataset's. A file is converted in one piece and its users are views of
-    it: thousands of small per-writer arrays left the heap fragmented, ~50 MB more per run in one process (measured).
+    file at a time is alive, not the whole dataset's. A file is converted in one piece (one numpy conversion, or one
+    vocabulary lookup, per file rather than per user) and its users are views of it.
     """
     users: dict[str, Arrays] = {}
     for path in sorted(folder.glob("*.json")):
@@ -138,43 +138,53 @@ def _femnist_arrays(record: dict[str, Any], path: str) -> Arrays:
     return x.reshape(-1, 1, 28, 28), np.asarray(record["y"], dtype=np.int64)
 
 
-@DATASETS.register("femnist")
-def femnist(
-    *,
-    root: str,
-    download: bool,
-    num_clients: int,
-    rng: np.random.Generator,
-    test_split: str = "client",
-    min_samples: int = 0,
-    fraction: float = 1.0,
-) -> FederatedDataset:
-    """LEAF's FEMNIST: 28x28 handwritten digits and letters (62 classes), one client per writer.
+def _leaf_factory(name: str, convert: Callable[[dict[str, Any], str], Arrays], empty: Arrays, num_classes: int,
+                  doc: str) -> Callable[..., FederatedDataset]:
+    """The registered factory of LEAF dataset ``name``: the one signature both LEAF datasets share."""
 
-    Pixels are LEAF's, in [0, 1] (white is 1), not standardised, as LEAF's CNN sees them; use ``femnist_cnn``.
-    The defaults keep what LEAF's preprocessing wrote: LEAF's filters (``-k``, ``--sf``, the 90/10 per-writer
-    split of ``-t sample``) are applied by its scripts, and its paper runs
-    ``./preprocess.sh -s niid --sf 0.05 -k 100 -t sample``; ``-s niid --sf 1.0 -k 0 -t sample``
-    gives all 3,550 writers (805k images, 2.5 GB as float32).
+    def factory(
+        *,
+        root: str,
+        download: bool,
+        num_clients: int,
+        rng: np.random.Generator,
+        test_split: str = "client",
+        min_samples: int = 0,
+        fraction: float = 1.0,
+    ) -> FederatedDataset:
+        return load_leaf(name, root, download, rng, convert, empty, num_classes,
+                         test_split=test_split, min_samples=min_samples, fraction=fraction)
 
-    Args:
-        root: a folder holding LEAF's ``train/`` and ``test/`` (or ``data/train`` ..., or ``femnist/data/train`` ...).
-        download: cannot download; with missing files the error says how to make them.
-        num_clients: unused here; the ``natural`` partition checks it against the number of writers kept.
-        rng: draws the writers kept when ``fraction < 1``.
-        test_split: ``client`` (default, LEAF's): the central test set is the union of the kept writers' own LEAF
-            test samples (``client_test_indices`` says whose); ``central``: every test sample on disk, whichever
-            writers are kept (the choice for LEAF's user split, ``-t user``, whose test writers are not train writers).
-        min_samples: keep writers with at least this many train samples (LEAF's ``-k k`` keeps users with more
-            than k samples before its split). 0: every writer with a train sample.
-        fraction: share of the (remaining) writers to keep, drawn uniformly with ``rng``; 1.0 keeps all.
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    return DATASETS.register(name)(factory)
 
-    Returns:
-        Inputs ``(N, 1, 28, 28)`` float32, labels in [0, 62) (digits, then upper-case, then lower-case letters).
-    """
-    empty = (np.zeros((0, 1, 28, 28), dtype=np.float32), np.zeros(0, dtype=np.int64))
-    return load_leaf("femnist", root, download, rng, _femnist_arrays, empty, 62,
-                     test_split=test_split, min_samples=min_samples, fraction=fraction)
+
+_FEMNIST_DOC = """LEAF's FEMNIST: 28x28 handwritten digits and letters (62 classes), one client per writer.
+
+Pixels are LEAF's, in [0, 1] (white is 1), not standardised, as LEAF's CNN sees them; use ``femnist_cnn``.
+The defaults keep what LEAF's preprocessing wrote: LEAF's filters (``-k``, ``--sf``, the 90/10 per-writer
+split of ``-t sample``) are applied by its scripts, and its paper runs
+``./preprocess.sh -s niid --sf 0.05 -k 100 -t sample``; ``-s niid --sf 1.0 -k 0 -t sample``
+gives all 3,550 writers (805k images, 2.5 GB as float32).
+
+Args:
+    root: a folder holding LEAF's ``train/`` and ``test/`` (or ``data/train`` ..., or ``femnist/data/train`` ...).
+    download: cannot download; with missing files the error says how to make them.
+    num_clients: unused here; the ``natural`` partition checks it against the number of writers kept.
+    rng: draws the writers kept when ``fraction < 1``.
+    test_split: ``client`` (default, LEAF's): the central test set is the union of the kept writers' own LEAF
+        test samples (``client_test_indices`` says whose); ``central``: every test sample on disk, whichever
+        writers are kept (the choice for LEAF's user split, ``-t user``, whose test writers are not train writers).
+    min_samples: keep writers with at least this many train samples (LEAF's ``-k k`` keeps users with more
+        than k samples before its split). 0: every writer with a train sample.
+    fraction: share of the (remaining) writers to keep, drawn uniformly with ``rng``; 1.0 keeps all.
+
+Returns:
+    Inputs ``(N, 1, 28, 28)`` float32, labels in [0, 62) (digits, then upper-case, then lower-case letters).
+"""
+femnist = _leaf_factory("femnist", _femnist_arrays, (np.zeros((0, 1, 28, 28), dtype=np.float32),
+                        np.zeros(0, dtype=np.int64)), 62, _FEMNIST_DOC)
 
 
 #: Vocabulary position of every Unicode code point up to the largest in the vocabulary; -1 elsewhere.
@@ -207,28 +217,16 @@ def _shakespeare_arrays(record: dict[str, Any], path: str) -> Arrays:
     return x, encode_text("".join(ys), f"LEAF file `{path}`").astype(np.int64)
 
 
-@DATASETS.register("shakespeare")
-def shakespeare(
-    *,
-    root: str,
-    download: bool,
-    num_clients: int,
-    rng: np.random.Generator,
-    test_split: str = "client",
-    min_samples: int = 0,
-    fraction: float = 1.0,
-) -> FederatedDataset:
-    """LEAF's Shakespeare: next-character prediction, one client per speaking role of a play.
+_SHAKESPEARE_DOC = """LEAF's Shakespeare: next-character prediction, one client per speaking role of a play.
 
-    Each sample is LEAF's 80-character string (``x``) and the character that follows it (``y``), both as
-    positions in `SHAKESPEARE_VOCAB` (80 classes; inputs stored as uint8 token ids, 80 bytes a sample); use
-    ``char_lstm``, whose accuracy is LEAF's character accuracy. LEAF's paper runs
-    ``./preprocess.sh -s niid --sf 0.05 -k 64 -tf 0.9 -t sample``; ``--sf 1.0 -k 0`` gives all 1,129 roles
-    (4.2M samples). Args as for `femnist`.
+Each sample is LEAF's 80-character string (``x``) and the character that follows it (``y``), both as
+positions in `SHAKESPEARE_VOCAB` (80 classes; inputs stored as uint8 token ids, 80 bytes a sample); use
+``char_lstm``, whose accuracy is LEAF's character accuracy. LEAF's paper runs
+``./preprocess.sh -s niid --sf 0.05 -k 64 -tf 0.9 -t sample``; ``--sf 1.0 -k 0`` gives all 1,129 roles
+(4.2M samples). Args as for `femnist`.
 
-    Returns:
-        Inputs ``(N, 80)`` uint8 token ids, labels in [0, 80).
-    """
-    empty = (np.zeros((0, 80), dtype=np.uint8), np.zeros(0, dtype=np.int64))
-    return load_leaf("shakespeare", root, download, rng, _shakespeare_arrays, empty, len(SHAKESPEARE_VOCAB),
-                     test_split=test_split, min_samples=min_samples, fraction=fraction)
+Returns:
+    Inputs ``(N, 80)`` uint8 token ids, labels in [0, 80).
+"""
+shakespeare = _leaf_factory("shakespeare", _shakespeare_arrays, (np.zeros((0, 80), dtype=np.uint8),
+                            np.zeros(0, dtype=np.int64)), len(SHAKESPEARE_VOCAB), _SHAKESPEARE_DOC)

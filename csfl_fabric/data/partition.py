@@ -152,9 +152,10 @@ def dirichlet(
     _param("alpha", alpha, isinstance(alpha, (int, float)) and alpha > 0, "use a concentration > 0, e.g. 0.5")
     _param("min_size", min_size, isinstance(min_size, int) and min_size >= 0, "use an integer >= 0, e.g. 1")
     labels = _labels(dataset, num_clients, max(min_size, 1))
-    fits = max_size is None or (isinstance(max_size, int) and max_size >= min_size and num_clients * max_size >= len(labels))
-    _param("max_size", max_size, fits, f"use null or an integer >= min_size with num_clients * max_size >= {len(labels)} "
-           f"samples, i.e. >= {-(-len(labels) // num_clients)}")
+    n = len(labels)
+    fits = max_size is None or (isinstance(max_size, int) and max_size >= min_size and num_clients * max_size >= n)
+    _param("max_size", max_size, fits,
+           f"use null or an integer >= min_size with num_clients * max_size >= {n} samples (>= {-(-n // num_clients)})")
     for _ in range(MAX_DIRICHLET_TRIES):
         parts = _dirichlet_once(labels, num_clients, alpha, rng, max_size)
         if min(len(p) for p in parts) >= min_size:

@@ -73,7 +73,10 @@ def quantity_skew(
     _param("min_size", min_size, isinstance(min_size, int) and min_size >= 0, "use an integer >= 0, e.g. 1")
     n = len(_labels(dataset, num_clients, max(min_size, 1)))
     # numpy's pareto is the Lomax law (Pareto II); + 1 is the classical Pareto with scale 1.
-    weights = rng.lognormal(0.0, sigma, num_clients) if distribution == "lognormal" else rng.pareto(exponent, num_clients) + 1
+    if distribution == "lognormal":
+        weights = rng.lognormal(0.0, sigma, num_clients)
+    else:
+        weights = rng.pareto(exponent, num_clients) + 1
     sizes = min_size + proportional_sizes(weights, n - num_clients * min_size)
     return _sorted(np.split(rng.permutation(n), np.cumsum(sizes)[:-1]))
 

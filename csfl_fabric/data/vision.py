@@ -18,7 +18,7 @@ EMNIST_SPLITS = ("byclass", "bymerge", "balanced", "letters", "digits", "mnist")
 
 @DATASETS.register("kmnist")
 def kmnist(*, root: str, download: bool, num_clients: int, rng: np.random.Generator) -> FederatedDataset:
-    """Kuzushiji-MNIST (Clanuwat et al. 2018, https://arxiv.org/abs/1812.01718): 60k/10k images ``(1, 28, 28)``, 10 classes.
+    """Kuzushiji-MNIST (Clanuwat et al. 2018, https://arxiv.org/abs/1812.01718): 60k/10k images ``(1, 28, 28)``.
 
     Read from ``{root}/KMNIST/raw`` (fetched first if ``download``); standardised with train statistics.
     """
@@ -40,7 +40,8 @@ def emnist(
         num_clients: unused (no natural clients).
         rng: unused.
         split: ``byclass`` (62 classes, 814k images), ``bymerge`` (47), ``balanced`` (47, 131k), ``letters``
-            (labels 1-26 of 27 classes; 0 is torchvision's unused ``N/A``), ``digits`` (10, 280k) or ``mnist`` (10, 70k).
+            (labels 1-26 of 27 classes; 0 is torchvision's unused ``N/A``), ``digits`` (10, 280k) or ``mnist``
+            (10, 70k).
     """
     _check("split", split, split in EMNIST_SPLITS, f"choose one of {', '.join(EMNIST_SPLITS)}")
     return _load_torchvision("emnist", "EMNIST", f"EMNIST/raw/emnist-{split}-*", root, download, split=split)
