@@ -317,7 +317,7 @@ def char_lstm(
 
     ``leaf/models/shakespeare/stacked_lstm.py`` (Caldas et al., LEAF, https://arxiv.org/abs/1812.01097), after
     McMahan et al., AISTATS 2017, https://arxiv.org/abs/1602.05629. Inputs are ``(L,)`` token ids. Trained by the
-    ``sequential`` backend only (`csfl_fabric.cohort.check_cohort_model` says why).
+    ``sequential`` backend only (`csfl_fabric.training.cohort.check_cohort_model` says why).
 
     Args:
         input_shape: ``(L,)``, the sequence length (80 for Shakespeare).
