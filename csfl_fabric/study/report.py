@@ -58,7 +58,8 @@ def paired_tests(records: Sequence[RunRecord], baseline: str, test: str,
     sweep points are tested against its first one. The ``TESTED`` metrics use ``test``; the ``censored`` ones
     (times to a target) always use `censored_pvalue` (Wilcoxon signed-rank, "not reached" slower than any
     time). ``mean_diff`` and its 95% CI ``ci_low``/``ci_high`` are over the pairs where both values exist
-    (for a censored metric: where both runs reached the target, ``both_reached``). ``p_floor`` is the
+    (for a censored metric: where both runs reached the target, ``both_reached``; ``reached`` is
+    ``"<method's runs that reached it>/<pairs> vs <baseline's>/<pairs>"``). ``p_floor`` is the
     smallest Holm-adjusted p-value the test could give with these pairs (``family`` = p-values in the Holm family).
     """
     done = [r for r in records if r.status == "success"]
@@ -84,11 +85,13 @@ def paired_tests(records: Sequence[RunRecord], baseline: str, test: str,
                            "n": len(seeds), "mean_diff": mean, "ci_low": low, "ci_high": high, "p": p,
                            "test": "wilcoxon" if kind == "censored" else test,
                            "both_reached": sum(not (math.isnan(x) or math.isnan(y)) for x, y in zip(a, b, strict=True)),
-                           "reached": f"{sum(not math.isnan(x) for x in a)}/{sum(not math.isnan(y) for y in b)}"})
+                           "reached": f"{sum(not math.isnan(x) for x in a)}/{len(a)} vs "
+                                      f"{sum(not math.isnan(y) for y in b)}/{len(b)}"})
         tested = sum(not math.isnan(r["p"]) for r in family)
         for row, adjusted in zip(family, holm([r["p"] for r in family]), strict=True):
             row["p_holm"] = adjusted
-            row["family"], row["p_floor"] = tested, min(1.0, tested * min_pvalue(row["n"], row["test"]))
+            floor = tested * min_pvalue(row["n"], row["test"])  # NaN below 2 pairs
+            row["family"], row["p_floor"] = tested, floor if math.isnan(floor) else min(1.0, floor)
         out.extend(family)
     return out
 
