@@ -87,8 +87,8 @@ def render(report: Report, records: Sequence[RunRecord], baseline: str, test: st
               "every reached time (a pair where neither reached is a tie, dropped). p-values are Holm-corrected over "
               "the methods for each metric. `diff` = method - baseline, the mean paired difference with its 95% CI "
               "(Student t), over the pairs where both values exist (for a time: where both reached the target); "
-              "`reached` = pairs in which the method / the baseline reached it; `p floor` = the smallest Holm-corrected p-value "
-              "the test can give with this many pairs.", "",
+              "`reached` = pairs in which the method / the baseline reached it; `p floor` = the smallest "
+              "Holm-corrected p-value the test can give with this many pairs.", "",
               *_table(["metric", "method", "against", "pairs", "reached", "diff [95% CI]", "p", "p (Holm)", "p floor"],
                       [_test_row(t) for t in report.tests]),
               "", *_floor_notes(report.tests), ""]
