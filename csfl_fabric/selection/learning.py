@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from scipy.cluster.hierarchy import ClusterWarning, linkage
+from scipy.spatial.distance import pdist, squareform
 from typing_extensions import override
 
 from csfl_fabric.registry import SELECTORS
@@ -354,8 +355,9 @@ class DivFLSelector(ClientSelector):
         if len(chosen) < k:
             rows = np.flatnonzero(known)
             g = _rows(self.updates, len(known))[rows].astype(np.float64)  # type: ignore[arg-type]
-            sq = (g * g).sum(axis=1)
-            dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * g @ g.T, 0.0))
+            # pdist, not a BLAS matmul: numpy's threaded BLAS took 69 ms for 30 x 610 on a loaded 2-core machine
+            # (0.25 ms single-threaded), and the direct differences do not cancel.
+            dist = squareform(pdist(g)) if len(g) > 1 else np.zeros((len(g), len(g)))
             candidates = np.flatnonzero(np.isin(rows, ctx.available)).tolist()
             picked = facility_location_greedy(dist, k - len(chosen), candidates)
             covered = np.bincount(np.argmin(dist[:, picked], axis=1), minlength=len(picked))
