@@ -167,14 +167,14 @@ def test_ucb_index_values_by_hand() -> None:
 
 def test_ucb_ranks_by_the_data_weighted_index() -> None:
     # Client 0: index 2 + sqrt(2 ln 2 / 1) = 3.18 on 10 samples; client 1: index 1 + 1.18 = 2.18 on 40 samples.
-    # By p_k I_k (UCB-CS): 0.2 * 3.18 < 0.8 * 2.18, so client 1; unweighted, client 0.
-    selector = SELECTORS.build("learning.ucb", {"gamma": 1.0, "c": 1.0})
+    # By p_k I_k: 0.2 * 3.18 < 0.8 * 2.18, so client 1; unweighted (the default), client 0.
+    selector = SELECTORS.build("learning.ucb", {"gamma": 1.0, "c": 1.0, "weighting": "size"})
     selector.update(_feedback(0, {0: 2.0, 1: 1.0}))
     ctx = _ctx([10, 40], 1, np.random.default_rng(0))
     sel = selector.select(ctx)
     assert sel.ids.tolist() == [1]
     assert sel.scores[0] == pytest.approx(0.8 * (1.0 + np.sqrt(2 * np.log(2.0))))
-    unweighted = SELECTORS.build("learning.ucb", {"gamma": 1.0, "c": 1.0, "weighting": "none"})
+    unweighted = SELECTORS.build("learning.ucb", {"gamma": 1.0, "c": 1.0})
     unweighted.update(_feedback(0, {0: 2.0, 1: 1.0}))
     assert unweighted.select(ctx).ids.tolist() == [0]
 
