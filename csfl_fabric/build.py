@@ -38,6 +38,7 @@ from csfl_fabric.engine.orchestrator import Orchestrator, RoundSettings
 from csfl_fabric.engine.resume import checkpoint_dir, wandb_id
 from csfl_fabric.errors import USER_ERRORS, ConfigError
 from csfl_fabric.registry import AGGREGATORS, CALLBACKS, DATASETS, MODELS, PARTITIONERS, SELECTORS, Registry
+from csfl_fabric.study.metrics import as_targets
 from csfl_fabric.training.cohort import CohortTrainer
 from csfl_fabric.training.sequential import ClientTrainer
 from csfl_fabric.training.settings import TrainSettings
@@ -228,7 +229,7 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
         aggregator=_component("aggregator", AGGREGATORS, config.aggregator.name, config.aggregator.params),
         global_params=global_params,
         test_data=(dataset.x_test.to(fabric.device), dataset.y_test.to(fabric.device)),
-        rounds=RoundSettings(r.num_rounds, r.clients_per_round, r.eval_every, r.target_accuracy),
+        rounds=RoundSettings(r.num_rounds, r.clients_per_round, r.eval_every, as_targets(r.target_accuracy)),
         selection_rng=stream(config.seed, "selection"),
         systems=build_systems(config, store.num_samples, model_bytes),
         run_dir=run_dir,

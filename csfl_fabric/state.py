@@ -113,9 +113,14 @@ class SelectionContext:
         rng: the selection stream's seeded generator; selectors draw from it only.
         probe: ``probe(ids, batch_size=None)`` returns the current loss of the global model on each given
             client: on its full local data, or with ``batch_size=b`` on its first seeded mini-batch of b
-            samples of this round (its cost is counted).
+            samples of this round. Its cost is counted: one model download per probed client, the forward
+            FLOPs, and the simulated time (`ProbeTally`, ``cost/probe_*``).
         profiles: per-client system profiles (`csfl_fabric.data.systems.SystemProfiles`: speeds, bandwidths,
             expected compute and transfer seconds, the deadline), or None.
+        batch_size: the local training batch size (``train.batch_size``), for mini-batch probes; None outside a run.
+        probe_gradients: ``probe_gradients(ids)`` returns, as a float32 array of one row per id, each client's
+            full-batch gradient of its mean training loss at the current global model (DivFL's signal); counted
+            like ``probe`` plus a backward pass and a model-sized upload per client. None where not provided.
     """
 
     round: int
@@ -126,6 +131,27 @@ class SelectionContext:
     rng: np.random.Generator
     probe: Callable[..., np.ndarray]
     profiles: Any = None
+    batch_size: int | None = None
+    probe_gradients: Callable[..., np.ndarray] | None = None
+
+
+@dataclass
+class ProbeTally:
+    """What the selector's probes cost in one round: the orchestrator counts, `StudyMetrics` prices it.
+
+    Attributes:
+        ids: the distinct clients that received the global model for a probe (one download each; a probed
+            client that is then selected trains from that copy).
+        forward_samples: samples passed forward by loss probes (``ctx.probe``).
+        gradient_samples: samples passed forward and backward by gradient probes (``ctx.probe_gradients``).
+        uploads: model-sized vectors sent back, one per client and gradient probe (a probed loss is one scalar,
+            not counted).
+    """
+
+    ids: set[int] = field(default_factory=set)
+    forward_samples: int = 0
+    gradient_samples: int = 0
+    uploads: int = 0
 
 
 @dataclass(frozen=True)

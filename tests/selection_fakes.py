@@ -40,23 +40,32 @@ def fake_update(round_idx: int, client_id: int) -> torch.Tensor:
 
 @dataclass
 class FakeLoop:
-    """The state a selector sees across rounds: history, selection generator and probed clients."""
+    """The state a selector sees across rounds: history, selection generator and probed clients.
+
+    ``probed`` lists the ids of every probe (loss or gradient), ``grad_probed`` those of gradient probes only.
+    """
 
     seed: int = 0
-    num_samples: np.ndarray = field(default_factory=lambda: np.arange(1, NUM_CLIENTS + 1) * 10)
+    num_clients: int = NUM_CLIENTS
+    num_samples: np.ndarray = field(default=None)  # type: ignore[assignment]  # default: 10, 20, ... per client
+    batch_size: int = 16
     history: ClientHistory = field(init=False)
     rng: np.random.Generator = field(init=False)
     probed: list[list[int]] = field(default_factory=list)
+    grad_probed: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.num_samples is None:
+            self.num_samples = np.arange(1, self.num_clients + 1) * 10
         self.history = ClientHistory(self.num_samples)
         self.rng = np.random.default_rng(self.seed)
 
     def available(self, round_idx: int) -> np.ndarray:
-        """All clients in even rounds; a seeded subset of 8 in odd rounds (independent of the selector)."""
+        """All clients in even rounds; a seeded two thirds of them in odd rounds (independent of the selector)."""
+        n = self.num_clients
         if round_idx % 2 == 0:
-            return np.arange(NUM_CLIENTS)
-        return np.sort(np.random.default_rng([self.seed, round_idx]).choice(NUM_CLIENTS, 8, replace=False))
+            return np.arange(n)
+        return np.sort(np.random.default_rng([self.seed, round_idx]).choice(n, 2 * n // 3, replace=False))
 
     def context(self, round_idx: int, selector: ClientSelector, k: int = K) -> SelectionContext:
         """The round's context; profiles only for selectors that declare ``needs_profiles``."""
@@ -65,12 +74,19 @@ class FakeLoop:
             self.probed.append([int(c) for c in ids])
             return np.array([fake_loss(round_idx, int(c), batch_size) for c in ids])
 
+        def probe_gradients(ids: Any) -> np.ndarray:
+            self.probed.append([int(c) for c in ids])
+            self.grad_probed.append([int(c) for c in ids])
+            return np.stack([fake_update(round_idx, int(c)).numpy() for c in ids]) if len(ids) else \
+                np.zeros((0, UPDATE_DIM), dtype=np.float32)
+
         profiles = None
         if getattr(selector, "needs_profiles", False) and PROFILE_FACTORY is not None:
             profiles = PROFILE_FACTORY(len(self.num_samples), self.seed)
         return SelectionContext(round=round_idx, k=k, available=self.available(round_idx),
                                 num_samples=self.num_samples.copy(), history=self.history, rng=self.rng,
-                                probe=probe, profiles=profiles)
+                                probe=probe, profiles=profiles, batch_size=self.batch_size,
+                                probe_gradients=probe_gradients)
 
     def feedback(self, round_idx: int, selection: Selection, selector: ClientSelector) -> Feedback:
         """Fake results for the selected clients; records them in the history like the orchestrator does."""

@@ -68,7 +68,7 @@ def test_wandb_runs_share_a_group_with_method_job_type_tags_and_summary(tmp_path
         (offline,) = (spec.run_dir / "wandb").glob("offline-run-*/run-*.wandb")
         data = offline.read_bytes()
         summary = json.loads((spec.run_dir / "summary.json").read_text())
-        for key in ("best_acc", "time_to_80pct", "auc_acc_time", "fair_participation_gini"):
+        for key in ("best_acc", "time_to_80pct_of_own_gain", "auc_acc_time", "fair_participation_gini"):
             assert key in summary
             assert key.encode() in data
         assert list(offline.parent.glob("files/media/table/select/clients*.table.json"))  # the selection table

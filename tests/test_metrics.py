@@ -57,9 +57,10 @@ def _history(clock: bool) -> list[dict[str, float]]:
 def test_summarize_in_rounds_by_hand():
     s = summarize(_history(clock=False), initial_acc=0.1, target=0.65)
     # Gain 0.6: 50% -> 0.4 reached at round 2 (3 rounds done), 80% -> 0.58 at round 2, 90% -> 0.64 at round 3.
-    assert (s["rounds_to_50pct"], s["rounds_to_80pct"], s["rounds_to_90pct"]) == (3.0, 3.0, 4.0)
-    assert s["time_to_90pct"] == 4.0
-    assert s["time_to_target"] == 4.0
+    assert [s[f"rounds_to_{p}pct_of_own_gain"] for p in (50, 80, 90)] == [3.0, 3.0, 4.0]
+    assert s["time_to_90pct_of_own_gain"] == 4.0
+    assert s["time_to_acc_0.65"] == s["rounds_to_acc_0.65"] == 4.0
+    assert not any(k.startswith("time_to_") and k.endswith("pct") for k in s)  # the old relative names are gone
     assert s["time_unit"] == "rounds"
     # AUC from (0, 0.1) through (1, .3), (3, .6), (4, .7): 0.2 + 0.9 + 0.65
     assert s["auc_acc_time"] == pytest.approx(1.75)
@@ -75,15 +76,33 @@ def test_summarize_in_rounds_by_hand():
 def test_summarize_uses_the_simulated_clock_when_logged():
     s = summarize(_history(clock=True), initial_acc=0.1)
     assert s["time_unit"] == "sim_s"
-    assert s["rounds_to_90pct"] == 4.0
-    assert s["time_to_90pct"] == 1600.0
-    assert s["time_to_50pct"] == 900.0
+    assert s["rounds_to_90pct_of_own_gain"] == 4.0
+    assert s["time_to_90pct_of_own_gain"] == 1600.0
+    assert s["time_to_50pct_of_own_gain"] == 900.0
     # From (0, .1) through (100, .3), (900, .6), (1600, .7)
     assert s["auc_acc_time"] == pytest.approx(100 * 0.2 + 800 * 0.45 + 700 * 0.65)
     assert s["gain_per_hour"] == pytest.approx(0.6 / (1600 / 3600))
-    assert "time_to_target" not in s
+    assert not any(k.startswith("time_to_acc") for k in s)
 
 
 def test_summarize_without_gain_reaches_nothing():
     s = summarize([{"round": 0, "eval/acc": 0.1}], initial_acc=0.2)
-    assert math.isnan(s["time_to_50pct"])
+    assert math.isnan(s["time_to_50pct_of_own_gain"])
+
+
+def test_time_to_absolute_targets_by_hand_with_censoring():
+    from csfl_fabric.study.metrics import time_to_targets
+
+    rows = [{"round": 0, "eval/acc": 0.2, "time/sim_total_s": 10.0}, {"round": 1, "time/sim_total_s": 20.0},
+            {"round": 2, "eval/acc": 0.65, "time/sim_total_s": 35.0}, {"round": 3, "eval/acc": 0.6,
+                                                                        "time/sim_total_s": 50.0}]
+    out = time_to_targets(rows, [0.2, 0.6, 0.7])
+    # 0.2 at the first evaluation (1 round, 10 s); 0.6 first at round 2 (3 rounds, 35 s), not at the later 0.6 row;
+    # 0.7 never: censored as NaN (neither 0 nor the run's length).
+    assert (out["rounds_to_acc_0.2"], out["time_to_acc_0.2"]) == (1.0, 10.0)
+    assert (out["rounds_to_acc_0.6"], out["time_to_acc_0.6"]) == (3.0, 35.0)
+    assert math.isnan(out["rounds_to_acc_0.7"])
+    assert math.isnan(out["time_to_acc_0.7"])
+    # Without the clock column time is rounds.
+    plain = [{k: v for k, v in r.items() if k != "time/sim_total_s"} for r in rows]
+    assert time_to_targets(plain, [0.6])["time_to_acc_0.6"] == 3.0

@@ -81,6 +81,23 @@ def test_state_dict_round_trip_continues_identically(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", SELECTORS.names())
+def test_one_client_per_round_keeps_the_method_exploring(name: str) -> None:
+    # Prepare: k=1 of 30 always-available clients, 60 rounds (Oort's int(k eps) = 0 or AFL's int(0.9 k) = 0
+    # once turned a method into "the same client forever" or into uniform sampling without saying so).
+    selector = _build(name)
+    loop = FakeLoop(seed=5, num_clients=30)
+    loop.available = lambda r: np.arange(30)  # type: ignore[method-assign]
+    # Execute
+    picks = [int(s.ids[0]) for _, s in loop.run(selector, range(60), k=1)]
+    # Assert: no client takes more than 90% of the rounds, unless the class says its rule is deterministic.
+    top = np.bincount(picks).max()
+    if getattr(type(selector), "deterministic", False):
+        assert "deterministic" in (type(selector).__doc__ or "").lower(), f"{name}: say why it is deterministic"
+    else:
+        assert top <= 0.9 * 60, f"{name} picked one client in {top} of 60 rounds at k=1"
+
+
+@pytest.mark.parametrize("name", SELECTORS.names())
 def test_docstring_first_line_cites_a_paper(name: str) -> None:
     line = SELECTORS.describe(name)
     assert "http" in line, line

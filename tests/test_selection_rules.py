@@ -165,6 +165,20 @@ def test_ucb_index_values_by_hand() -> None:
     assert sel.ids.tolist() == [2, 0]
 
 
+def test_ucb_ranks_by_the_data_weighted_index() -> None:
+    # Client 0: index 2 + sqrt(2 ln 2 / 1) = 3.18 on 10 samples; client 1: index 1 + 1.18 = 2.18 on 40 samples.
+    # By p_k I_k: 0.2 * 3.18 < 0.8 * 2.18, so client 1; unweighted (the default), client 0.
+    selector = SELECTORS.build("learning.ucb", {"gamma": 1.0, "c": 1.0, "weighting": "size"})
+    selector.update(_feedback(0, {0: 2.0, 1: 1.0}))
+    ctx = _ctx([10, 40], 1, np.random.default_rng(0))
+    sel = selector.select(ctx)
+    assert sel.ids.tolist() == [1]
+    assert sel.scores[0] == pytest.approx(0.8 * (1.0 + np.sqrt(2 * np.log(2.0))))
+    unweighted = SELECTORS.build("learning.ucb", {"gamma": 1.0, "c": 1.0})
+    unweighted.update(_feedback(0, {0: 2.0, 1: 1.0}))
+    assert unweighted.select(ctx).ids.tolist() == [0]
+
+
 def test_ucb_loss_reduction_reward() -> None:
     selector = SELECTORS.build("learning.ucb", {"gamma": 1.0, "c": 0.0, "reward": "loss_reduction"})
     selector.update(_feedback(0, {0: 3.0}))
@@ -190,6 +204,19 @@ def test_afl_valuation_deletion_and_softmax() -> None:
     assert stats.chisquare(counts[[1, 3]], 3000 * p).pvalue > 1e-3
     selector.update(_feedback(0, {1: 0.5}, n=4))
     assert selector.valuation[1] == pytest.approx(1.0)
+
+
+def test_afl_at_k_1_keeps_its_split_by_stochastic_rounding() -> None:
+    # alpha2 = 100 makes the softmax part pick the highest valuation (client 3) every time; the uniform part
+    # picks any of the 10. With n_soft = 1 w.p. 0.9 (0.9 k rounded stochastically), P(client 3) = 0.9 + 0.1 / 10;
+    # the reference's int(0.9 k) = 0 would make it uniform sampling: 0.1.
+    selector = SELECTORS.build("learning.afl", {"alpha1": 0.0, "alpha2": 100.0, "alpha3": 0.1})
+    losses = np.array([0.1, 0.2, 0.3, 1.0, 0.1, 0.2, 0.3, 0.1, 0.2, 0.3])
+    rng = np.random.default_rng(0)
+    picks = [int(selector.select(_ctx([4] * 10, 1, rng, probe=lambda ids, batch_size=None: losses[ids])).ids[0])
+             for _ in range(400)]
+    share = np.mean(np.array(picks) == 3)
+    assert stats.binomtest(int(share * 400), 400, 0.91).pvalue > 0.001, share
 
 
 def test_afl_uniform_part_can_pick_excluded_clients() -> None:
@@ -294,10 +321,10 @@ def test_lazy_greedy_matches_plain_greedy_and_brute_force() -> None:
     assert _cost(dist, chosen) == pytest.approx(min(_cost(dist, list(s)) for s in itertools.combinations(range(6), 3)))
 
 
-def test_divfl_takes_unseen_clients_then_diverse_ones() -> None:
+def test_divfl_on_updates_takes_unseen_clients_then_diverse_ones() -> None:
     import torch
 
-    selector = SELECTORS.build("learning.divfl")
+    selector = SELECTORS.build("learning.divfl", {"signal": "update"})
     rng = np.random.default_rng(0)
     first = selector.select(_ctx([10] * 4, 2, rng, available=[0, 1]))
     assert sorted(first.ids.tolist()) == [0, 1]  # no vectors yet: unseen clients first
@@ -314,7 +341,7 @@ def test_divfl_takes_unseen_clients_then_diverse_ones() -> None:
 def test_divfl_coverage_weights() -> None:
     import torch
 
-    selector = SELECTORS.build("learning.divfl", {"weights": "coverage"})
+    selector = SELECTORS.build("learning.divfl", {"weights": "coverage", "signal": "update"})
     vecs = {0: [0.0, 0.0], 1: [0.0, 0.1], 2: [0.0, 0.2], 3: [4.0, 0.0]}
     selector.update(Feedback(round=0, selection=Selection(ids=np.arange(4)), results=[],
                              updates={c: torch.tensor(v) for c, v in vecs.items()}))
@@ -326,6 +353,7 @@ def test_divfl_coverage_weights() -> None:
     ("heuristic.pow_d", "d", 0), ("heuristic.cpow_d", "batch_size", 0), ("heuristic.round_robin", "shuffle", "yes"),
     ("heuristic.loss", "epsilon", 2), ("learning.ucb", "gamma", 0), ("learning.ucb", "reward", "gain"),
     ("learning.afl", "alpha1", 1.0), ("learning.afl", "alpha2", "x"), ("learning.afl", "alpha3", True),
+    ("learning.ucb", "weighting", "p"), ("learning.divfl", "signal", "grad"), ("learning.divfl", "refresh_every", 0),
 ])
 def test_bad_params_are_one_line_errors_naming_the_key(name: str, param: str, value: object) -> None:
     with pytest.raises(ConfigError, match=rf"^Invalid `selector.params.{param}={value!r}`: "):

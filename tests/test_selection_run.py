@@ -46,7 +46,7 @@ def _built(overrides: list[str], run_dir: Path) -> Any:
 
 
 def test_updates_reach_selectors_that_need_them(tmp_path: Path) -> None:
-    built = _built(["selector.name=learning.divfl", "rounds.num_rounds=2"], tmp_path / "run")
+    built = _built(["selector.name=learning.divfl", "selector.signal=update", "rounds.num_rounds=2"], tmp_path / "run")
     selector = built.orchestrator.selector
     seen: list[dict[int, Any] | None] = []
     update = selector.update

@@ -72,3 +72,13 @@ def test_a_resumed_run_continues_totals_and_selection_log(smoke):
         counts[ids] += 1
     assert again[2]["fair/participation_gini"] == pytest.approx(gini(counts))
     assert json.loads((first.run_dir / "summary.json").read_text())["initial_acc"] == first.summary["initial_acc"]
+
+
+def test_a_list_of_target_accuracies_gives_rounds_and_time_to_each(smoke):
+    result = csfl_fabric.run(SMOKE, [*smoke, "rounds.target_accuracy=[0.99,0.05]"])
+    rows = result.metrics
+    first = next(r for r in rows if r["eval/acc"] >= 0.05)
+    assert result.summary["rounds_to_acc_0.05"] == first["round"] + 1
+    assert result.summary["time_to_acc_0.05"] == first["time/sim_total_s"]
+    assert "time_to_acc_0.99" not in result.summary  # not reached: censored, left out of summary.json
+    assert result.summary["rounds_to_target"] == first["round"] + 1  # the lowest target

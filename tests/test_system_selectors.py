@@ -37,6 +37,21 @@ def result(cid: int, n: int, loss_sq_sum: float, processed: int | None = None) -
 # ---- FedCS ---------------------------------------------------------------------------------------------------
 
 
+def test_oort_at_k_1_explores_with_probability_epsilon() -> None:
+    # Prepare: a fixed eps = 0.5 (no decay) and 40 clients, one a round: every round that explores picks a
+    # client never selected before, every exploiting round one that was (FedScale's int and our earlier
+    # k - int(k eps) both made k=1 explore never again after round 0).
+    from tests.selection_fakes import FakeLoop
+
+    selector = OortSelector(epsilon=0.5, decay=1.0, min_epsilon=0.5)
+    loop = FakeLoop(seed=0, num_clients=40)
+    loop.available = lambda r: np.arange(40)  # type: ignore[method-assign]
+    picks = [int(s.ids[0]) for _, s in loop.run(selector, range(30), k=1)]
+    # Execute/Assert: rounds 1..29 explore ~ Binomial(29, 0.5) times (mean 14.5, sd 2.7).
+    explored = sum(picks[r] not in picks[:r] for r in range(1, 30))
+    assert 5 <= explored <= 24, explored
+
+
 def test_fedcs_greedy_rule_on_a_hand_computed_case() -> None:
     # Model of 10 bytes; client 1's bandwidth of 2 makes the broadcast T_d = 5 s once it joins, else 1 s.
     args = {"t_ud": np.array([1.0, 0.5, 3.0]), "t_ul": np.array([1.0, 1.0, 1.0]),

@@ -228,13 +228,23 @@ def test_time_to_accuracy_and_the_clock_in_metrics_and_summary(tmp_path: Path, s
     assert all(m["select/num_selected"] - m["select/num_dropped"] <= 4 for m in rounds)
 
 
-def test_probes_add_a_phase_as_long_as_the_slowest_probed_clients_pass() -> None:
-    model = make_model([1.0, 2.0, 3.0])  # 10 samples each at 1 sample/s: a pass takes 10 s
+def test_probes_add_a_phase_as_long_as_the_slowest_probed_client() -> None:
+    # Prepare: 10 samples each at 1 sample/s of training (a forward pass: 3 samples/s), transfers of 2 s each.
+    model = make_model([1.0, 2.0, 3.0])
     model.profiles.speed[2] = 4.0
+    model.profiles.transfer_s[:] = 2.0
+    # A loss probe: download (2 s) + 10 samples / (3 x speed): client 0 takes 2 + 10/3, client 2 takes 2 + 10/12.
     model.record_probe([0, 2])
     plan = model.plan(np.array([1]), k=1)
-    assert plan.probe_s == 10.0
-    assert plan.round_s == 12.0
-    assert model.plan(np.array([1]), k=1).round_s == 2.0  # the probe cost does not carry over
-    model.record_probe([0, 1], batch_size=4)  # a mini-batch of 4 samples at 1 sample/s
-    assert model.plan(np.array([1]), k=1).probe_s == 4.0
+    assert plan.probe_s == pytest.approx(2 + 10 / 3)
+    # Client 1 was not probed: compute 2 s + download and upload of 2 s each.
+    assert plan.round_s == pytest.approx(2 + 10 / 3 + 2.0 + 4.0)
+    assert model.plan(np.array([1]), k=1).round_s == pytest.approx(6.0)  # the probe cost does not carry over
+    # A mini-batch of 4 samples; then the probed client 1 is selected and trains from the model it downloaded.
+    model.record_probe([0, 1], batch_size=4)
+    plan = model.plan(np.array([1]), k=1)
+    assert plan.probe_s == pytest.approx(2 + 4 / 3)
+    assert plan.durations.tolist() == pytest.approx([2.0 + 2.0])  # compute + upload, no second download
+    # A gradient probe: download, forward and backward at the training speed (10 s), upload of the gradient.
+    model.record_probe([0], gradients=True)
+    assert model.plan(np.array([2]), k=1).probe_s == pytest.approx(2 + 10 + 2)

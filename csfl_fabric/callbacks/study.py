@@ -14,11 +14,9 @@ from csfl_callbacks.base import Callback
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from csfl_fabric.data.systems import TRAIN_FLOPS_PER_FORWARD
 from csfl_fabric.engine.loggers import read_metrics, write_json
 from csfl_fabric.study.metrics import gini, label_coverage, normalized_entropy, participation_variance, summarize
-
-#: Backward costs about twice the forward, so a training step is ~3x the forward FLOPs (Kaplan et al. 2020).
-TRAIN_FLOPS_PER_FORWARD = 3
 
 
 def forward_flops_per_sample(model: nn.Module, sample: torch.Tensor) -> int:
@@ -42,9 +40,13 @@ class StudyMetrics(Callback):
 
     Per round: ``fair/participation_{var,gini,entropy}`` over every client's selection count so far
     (``ClientHistory.times_selected``, the run's one counter),
-    ``fair/label_coverage`` of the round's cohort, ``cost/bytes_{down,up}`` (model bytes x clients sent the
-    model / that returned it), ``cost/flops`` (3 x forward FLOPs per sample x samples processed) and their
-    cumulative ``*_total``. The round's selection goes to ``selection.csv``.
+    ``fair/label_coverage`` of the round's cohort, and the round's cost, every probe included:
+    ``cost/bytes_down`` (model bytes x clients sent the model: the cohort plus probed clients outside it),
+    ``cost/bytes_up`` (model bytes x updates returned plus gradients sent by gradient probes), ``cost/flops``
+    (3 x forward FLOPs per sample x samples trained, plus 1 x per sample a loss probe evaluates and 3 x per
+    sample a gradient probe differentiates); the probes' share on its own in ``cost/probe_bytes_down`` (model
+    bytes x distinct probed clients), ``cost/probe_bytes_up`` and ``cost/probe_flops``; and the cumulative
+    ``*_total`` of each. The round's selection goes to ``selection.csv``.
     At the end `csfl_fabric.study.metrics.summarize` adds time to accuracy, area under the curve and gain per hour
     to the summary, which is also set as the W&B run summary.
 
@@ -52,7 +54,8 @@ class StudyMetrics(Callback):
     """
 
     def __init__(self) -> None:
-        self.totals = {"cost/bytes_down_total": 0.0, "cost/bytes_up_total": 0.0, "cost/flops_total": 0.0}
+        self.totals = {f"cost/{k}_total": 0.0 for k in ("bytes_down", "bytes_up", "flops", "probe_bytes_down",
+                                                         "probe_bytes_up", "probe_flops")}
         self.info: dict[str, float] = {}
         self._present = np.zeros((0, 0), dtype=bool)
         self._cohort: list[int] = []
@@ -107,8 +110,14 @@ class StudyMetrics(Callback):
     def on_round_end(self, state: Any, metrics: dict[str, float], orchestrator: Any) -> None:
         """Add the round's fairness and cost metrics and append the selection to ``selection.csv``."""
         size, flops = float(self.info["model_bytes"]), float(self.info["forward_flops_per_sample"])
-        per_round = {"cost/bytes_down": size * len(self._cohort), "cost/bytes_up": size * self._returned,
-                     "cost/flops": TRAIN_FLOPS_PER_FORWARD * flops * self._samples}
+        probes = orchestrator.probes
+        probe_flops = flops * (probes.forward_samples + TRAIN_FLOPS_PER_FORWARD * probes.gradient_samples)
+        probe = {"cost/probe_bytes_down": size * len(probes.ids), "cost/probe_bytes_up": size * probes.uploads,
+                 "cost/probe_flops": probe_flops}
+        outside = len(probes.ids - set(self._cohort))  # probed clients the cohort did not already count
+        per_round = {"cost/bytes_down": size * (len(self._cohort) + outside),
+                     "cost/bytes_up": size * self._returned + probe["cost/probe_bytes_up"],
+                     "cost/flops": TRAIN_FLOPS_PER_FORWARD * flops * self._samples + probe["cost/probe_flops"], **probe}
         for key, value in per_round.items():
             self.totals[f"{key}_total"] += value
         counts = orchestrator.state.history.times_selected

@@ -48,12 +48,17 @@ class TrainConfig(TrainSettings):
 
 @dataclass
 class RoundsConfig:
-    """How many rounds, how many clients per round, and how often to evaluate."""
+    """How many rounds, how many clients per round, how often to evaluate, and the target accuracies.
+
+    ``target_accuracy`` is a number in (0, 1], a list of them (``rounds.target_accuracy=[0.6,0.7]``) or null:
+    the absolute accuracies whose rounds and time to reach every run reports and a comparison ranks by.
+    Typed ``Any`` because OmegaConf unions cannot hold a list; `validate` checks it.
+    """
 
     num_rounds: int = 50
     clients_per_round: int = 10
     eval_every: int = 1
-    target_accuracy: float | None = None
+    target_accuracy: Any = None
 
 
 @dataclass
@@ -141,6 +146,8 @@ class CompareConfig:
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     baseline: str | None = None
     test: str = "ttest"
+    # Without `rounds.target_accuracy`, the report's target is this fraction of the best accuracy any run reached.
+    target_fraction: float = 0.8
     isolate: bool = False
     format: str = "png"
 

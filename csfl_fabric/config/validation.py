@@ -64,8 +64,9 @@ def validate(config: Config) -> None:
     if c.memory.abort_threshold is not None and not c.memory.ram_threshold <= c.memory.abort_threshold <= 1:
         raise ConfigError(f"Expected `memory.abort_threshold` to be in [memory.ram_threshold={c.memory.ram_threshold}"
                           f", 1] or null but got {c.memory.abort_threshold}.")
-    if c.rounds.target_accuracy is not None and not 0 < c.rounds.target_accuracy <= 1:
-        raise ConfigError(f"Expected `rounds.target_accuracy` to be in (0, 1] but got {c.rounds.target_accuracy}.")
+    _validate_targets(c.rounds.target_accuracy)
+    if not 0 < c.compare.target_fraction <= 1:
+        raise ConfigError(f"Expected `compare.target_fraction` to be in (0, 1] but got {c.compare.target_fraction}.")
     _validate_systems(c.systems)
     for key, choices in CHOICES.items():
         section, _, leaf = key.partition(".")
@@ -85,6 +86,17 @@ def validate(config: Config) -> None:
             raise ConfigError(f"`callbacks[{i}].target` is empty: give a registered callback "
                               f"({', '.join(CALLBACKS.names())}) or `module:Class`.")
         _check_component(f"callbacks[{i}]", "target", CALLBACKS, callback.target, callback.params)
+
+
+def _validate_targets(target: Any) -> None:
+    values = target if isinstance(target, (list, tuple)) else [target]
+    if target is None:
+        return
+    ok = len(values) > 0 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+                                 for v in values)
+    if not ok:
+        raise ConfigError(f"Expected `rounds.target_accuracy` to be in (0, 1], a list of such values (e.g. "
+                          f"[0.6,0.7]) or null but got {target!r}.")
 
 
 def _validate_systems(s: SystemsConfig) -> None:

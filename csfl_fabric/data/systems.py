@@ -4,8 +4,10 @@ A client's duration in a round is ``samples it processes / speed + 2 * model byt
 and upload at the same bandwidth). The server ends a round when ``k`` clients have reported (the first ``k``
 to finish, with over-commitment), or at the deadline when some selected client did not report under the
 ``drop`` policy; otherwise when the slowest kept client finishes. Dropouts are noticed at once when there is
-no deadline. Probing clients (``ctx.probe``) adds a phase before training that lasts as long as the slowest
-probed client's pass over its data (or over one mini-batch).
+no deadline. Probing clients (``ctx.probe``, ``ctx.probe_gradients``) adds a phase before training that lasts
+as long as the slowest probed client: its model download, then a forward pass over its data (or one mini-batch)
+at a third of the cost of a training pass (`TRAIN_FLOPS_PER_FORWARD`), or for a gradient a forward and backward
+pass plus the gradient's upload. A probed client that is then selected trains from the model it downloaded.
 
 Availability and dropouts draw one uniform per client and round from their own streams, whether or not the
 client is selected, so every method sees the same draws for the same seed.
@@ -24,6 +26,10 @@ import numpy as np
 
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.state import Selection
+
+#: Backward costs about twice the forward, so a training step is ~3x the forward FLOPs (Kaplan et al. 2020); a
+#: forward-only probe of a sample takes a third of the time a training step on it takes.
+TRAIN_FLOPS_PER_FORWARD = 3
 
 #: Why a selected client did or did not report, per position of the selection (`RoundPlan.status`).
 KEPT, DROPOUT, LATE, CUT = "kept", "dropout", "late", "overcommit"
@@ -200,6 +206,7 @@ class SystemModel:
         self._availability_rng, self._dropout_rng = availability_rng, dropout_rng
         self.total_s = 0.0
         self._probe_s = 0.0
+        self._probed = np.zeros(0, dtype=np.int64)  # this round's probed clients: they already hold the model
 
     def num_to_select(self, k: int) -> int:
         """How many clients to ask the selector for: ``ceil(overcommit * k)``, at most all clients."""
@@ -216,16 +223,24 @@ class SystemModel:
             return ids[ids < self.num_clients]
         return np.arange(self.num_clients)
 
-    def record_probe(self, ids: Sequence[int], batch_size: int | None = None) -> None:
+    def record_probe(self, ids: Sequence[int], batch_size: int | None = None, gradients: bool = False) -> None:
         """Count a probe of ``ids``: the probe phase lasts until the slowest probed client is done.
 
-        A probe costs one pass over the client's data, or one mini-batch of ``batch_size`` samples.
+        A client's probe time is its model download plus a forward pass over its data (or a mini-batch of
+        ``batch_size`` samples) at ``speed * TRAIN_FLOPS_PER_FORWARD`` samples/s; with ``gradients``, a forward
+        and backward pass over its data at ``speed`` plus the upload of the gradient.
         """
         probed = np.asarray(ids, dtype=np.int64)
         if len(probed):
             samples = self.num_samples[probed]
-            cost = (samples if batch_size is None else np.minimum(samples, batch_size)) / self.profiles.speed[probed]
+            if gradients:
+                cost = samples / self.profiles.speed[probed] + 2 * self.profiles.transfer_s[probed]
+            else:
+                evaluated = samples if batch_size is None else np.minimum(samples, batch_size)
+                forward_speed = TRAIN_FLOPS_PER_FORWARD * self.profiles.speed[probed]
+                cost = evaluated / forward_speed + self.profiles.transfer_s[probed]
             self._probe_s = max(self._probe_s, float(cost.max()))
+            self._probed = np.union1d(self._probed, probed)
 
     def plan(self, ids: np.ndarray, k: int) -> RoundPlan:
         """Decide who of the selected ``ids`` reports, advance the clock, and return the round's plan.
@@ -235,7 +250,9 @@ class SystemModel:
             k: how many updates the server waits for (``rounds.clients_per_round``).
         """
         ids = np.asarray(ids, dtype=np.int64)
-        durations = self.profiles.duration[ids]
+        # A client probed this round already downloaded the global model: its round has one transfer less.
+        saved = np.where(np.isin(ids, self._probed), self.profiles.transfer_s[ids], 0.0)
+        durations = self.profiles.duration[ids] - saved
         deadline = self.profiles.deadline
         status = np.full(len(ids), KEPT, dtype=object)
         if self.dropout > 0:
@@ -257,6 +274,7 @@ class SystemModel:
                          round_s=self._probe_s + train_s, probe_s=self._probe_s)
         self.total_s += plan.round_s
         self._probe_s = 0.0
+        self._probed = np.zeros(0, dtype=np.int64)
         return plan
 
     def _idle_s(self) -> float:

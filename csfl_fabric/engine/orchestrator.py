@@ -26,7 +26,16 @@ from csfl_fabric.engine.rng import global_rng_state, set_global_rng_state
 from csfl_fabric.engine.telemetry import participation_summary, selection_metrics, write_participation_csv
 from csfl_fabric.errors import RunInterrupted
 from csfl_fabric.selection.base import ClientSelector, check_selection
-from csfl_fabric.state import ClientHistory, ClientResult, Feedback, Params, RunState, Selection, SelectionContext
+from csfl_fabric.state import (
+    ClientHistory,
+    ClientResult,
+    Feedback,
+    Params,
+    ProbeTally,
+    RunState,
+    Selection,
+    SelectionContext,
+)
 from csfl_fabric.training.sequential import ClientTrainer
 
 
@@ -37,7 +46,8 @@ class RoundSettings:
     num_rounds: int
     clients_per_round: int
     eval_every: int = 1
-    target_accuracy: float | None = None
+    #: The absolute target accuracies, sorted; the summary's ``rounds_to_target`` is that of the lowest.
+    target_accuracy: tuple[float, ...] = ()
 
 
 def flat_update(params: Params, global_params: Params) -> Tensor:
@@ -98,6 +108,7 @@ class Orchestrator:
         self.summary: dict[str, Any] = {}
         # The round's flattened client updates, kept by `_train` only for selectors with `needs_updates`.
         self._updates: dict[int, Tensor] | None = None
+        self.probes = ProbeTally()  # the current round's probe costs (`probe`, `probe_gradients`)
 
     def run(self) -> RunState:
         """Run from ``state.round`` to the last round (or until a callback sets ``state.should_stop``)."""
@@ -136,6 +147,7 @@ class Orchestrator:
         r = state.round
         started = time.perf_counter()
         state.metrics = {}
+        self.probes = ProbeTally()
         self.call("on_round_start", state=state)
 
         # 1. Select among the available clients, with the selection stream's generator only.
@@ -213,6 +225,8 @@ class Orchestrator:
             rng=self.selection_rng,
             probe=lambda ids, batch_size=None: self.probe(ids, r, batch_size),
             profiles=self.systems.profiles,
+            batch_size=self.trainer.settings.batch_size,
+            probe_gradients=lambda ids: self.probe_gradients(ids, r),
         )
 
     def _select(self, ctx: SelectionContext) -> Selection:
@@ -228,14 +242,32 @@ class Orchestrator:
                 logger.log_selection(r, selection, plan.durations, plan.status)
 
     def probe(self, ids: Sequence[int], round_idx: int, batch_size: int | None = None) -> np.ndarray:
-        """Current loss of the global model on each of ``ids`` (counted in ``select/probed_clients`` and the clock).
+        """Current loss of the global model on each of ``ids``, its cost counted (`ProbeTally`, the clock).
 
         ``batch_size=None`` evaluates each client's full local data; an int, its first seeded mini-batch.
         """
-        self.state.metrics["select/probed_clients"] = self.state.metrics.get("select/probed_clients", 0) + len(ids)
+        samples = self.store.num_samples[np.asarray(ids, dtype=np.int64)]
+        self._count_probe(ids, int((samples if batch_size is None else np.minimum(samples, batch_size)).sum()))
         self.systems.record_probe(ids, batch_size)
         clients = [self.store.client(int(c), round_idx) for c in ids]
         return self.trainer.losses(self.global_params, clients, batch_size)
+
+    def probe_gradients(self, ids: Sequence[int], round_idx: int) -> np.ndarray:
+        """Each of ``ids``' full-batch gradient at the global model (one float32 row each), its cost counted."""
+        samples = int(self.store.num_samples[np.asarray(ids, dtype=np.int64)].sum())
+        self._count_probe(ids, 0, gradient_samples=samples, uploads=len(ids))
+        self.systems.record_probe(ids, gradients=True)
+        clients = [self.store.client(int(c), round_idx) for c in ids]
+        return self.trainer.gradients(self.global_params, clients)
+
+    def _count_probe(self, ids: Sequence[int], forward_samples: int, gradient_samples: int = 0,
+                     uploads: int = 0) -> None:
+        self.state.metrics["select/probed_clients"] = self.state.metrics.get("select/probed_clients", 0) + len(ids)
+        p = self.probes
+        p.ids.update(int(c) for c in ids)
+        p.forward_samples += forward_samples
+        p.gradient_samples += gradient_samples
+        p.uploads += uploads
 
     @staticmethod
     def _round_metrics(selection: Selection, results: Sequence[ClientResult]) -> dict[str, float]:
@@ -248,7 +280,7 @@ class Orchestrator:
         s["final_acc"] = acc
         if acc > s.get("best_acc", -math.inf):
             s.update(best_acc=acc, best_round=r)
-        target = self.rounds.target_accuracy
+        target = self.rounds.target_accuracy[0] if self.rounds.target_accuracy else None
         if target is not None and acc >= target and "rounds_to_target" not in s:
             s["rounds_to_target"] = r + 1
             s["sim_seconds_to_target"] = self.systems.total_s

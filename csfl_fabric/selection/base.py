@@ -26,6 +26,10 @@ class ClientSelector(ABC):
     needs_updates: bool = False
     #: Set by methods that read ``ctx.profiles`` (system speeds, bandwidths).
     needs_profiles: bool = False
+    #: Set by methods whose rule is a deterministic function of their signals (a greedy, a top-k without
+    #: exploration), so that with one client per round they may pick the same client every round by design;
+    #: the class docstring says why. Every other method must keep exploring at k=1 (a contract test checks it).
+    deterministic: bool = False
 
     @abstractmethod
     def select(self, ctx: SelectionContext) -> Selection:

@@ -165,19 +165,24 @@ class ComputationEfficientPowerOfChoiceSelector(_PowerOfChoice):
 
     Args:
         d: candidate-set size, >= k (null = 2k).
-        batch_size: b, samples in the loss estimate; the paper takes the local training batch size, so
-            set it equal to ``train.batch_size``.
+        batch_size: b, samples in the loss estimate; null (default) = the local training batch size
+            ``train.batch_size`` (``ctx.batch_size``), as in the paper, so the estimate is on the first batch
+            the client would train on.
     """
 
-    def __init__(self, d: int | None = None, batch_size: int = 50) -> None:
+    def __init__(self, d: int | None = None, batch_size: int | None = None) -> None:
         super().__init__(d)
-        check_param("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1,
-                    "use an integer >= 1 (the paper uses the local batch size)")
+        check_param("batch_size", batch_size, batch_size is None or (isinstance(batch_size, int) and batch_size >= 1),
+                    "use an integer >= 1, or null for train.batch_size (the paper uses the local batch size)")
         self.batch_size = batch_size
 
     @override
     def _scores(self, ctx: SelectionContext, candidates: np.ndarray) -> np.ndarray:
-        return ctx.probe(candidates, batch_size=self.batch_size)
+        b = self.batch_size if self.batch_size is not None else ctx.batch_size
+        if b is None:
+            raise ValueError("Selector `heuristic.cpow_d` needs a batch size: set `selector.params.batch_size` "
+                             "or pass `ctx.batch_size`.")
+        return ctx.probe(candidates, batch_size=b)
 
 
 @SELECTORS.register("heuristic.rpow_d")

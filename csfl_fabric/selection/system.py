@@ -44,6 +44,8 @@ class FedCSSelector(ClientSelector):
     that finish in time (at most k here) and ignores their data. Ties go to the earlier candidate. If no
     candidate fits, the one with the smallest increment is selected alone (a round needs a client); under
     ``deadline_policy: drop`` its late update is then discarded. Scores are the 1 / increment at acceptance.
+    Deterministic given the candidates: with ``fraction=1.0`` and k=1 it selects the fastest client every
+    round, as the rule intends (it maximises the clients that finish, not their data).
 
     The paper has no k: it accepts every client that fits, out of a random fraction C of a large population
     (C = 0.1 there). With at most k accepted and C = 0.1 of a small population, the candidates would be just
@@ -60,6 +62,7 @@ class FedCSSelector(ClientSelector):
     """
 
     needs_profiles = True
+    deterministic = True
 
     def __init__(self, fraction: float = 1.0, deadline: float | None = None, t_cs: float = 0.0,
                  t_agg: float = 0.0) -> None:
@@ -127,19 +130,24 @@ class OortSelector(ClientSelector):
     (L_i = 1-based round of i's last participation), and multiply by (T / t_i)^alpha when t_i > T, with T
     the ``round_threshold`` percentile of all clients' durations t_i (observed, or expected from the
     profiles before a client took part). The exploration fraction eps decays by ``decay`` each round to
-    ``min_epsilon``. Exploitation: int(k (1 - eps)) explored clients drawn without replacement with
-    probability proportional to the score, from those whose score is >= ``cut_off_util`` times the score
-    ranked just below them, widened to at least 10 x that many. Exploration: the rest from unexplored
-    clients, drawn proportionally to their data size times the same speed penalty, among the top
-    ``sample_window`` x as many by that value. Pacer: every ``pacer_step`` rounds, if the exploited
-    utility of the last window changed by <= 10% against the window before, T's percentile rises by
-    ``pacer_delta`` (at most 100); if it changed >= 5x, it falls by ``pacer_delta``. Clients that did not
+    ``min_epsilon``. Exploration count: n_explore ~ Binomial(k, eps) (each slot explores with probability
+    eps), capped by the unexplored clients. Exploitation: the other k - n_explore slots, explored clients
+    drawn without replacement with probability proportional to the score, from those whose score is >=
+    ``cut_off_util`` times the score ranked just below them, widened to at least 10 x that many.
+    Exploration: unexplored clients drawn proportionally to their data size times the same speed penalty,
+    among the top ``sample_window`` x as many by that value. Pacer: every ``pacer_step`` rounds, if the
+    exploited utility of the last window changed by <= 10% against the window before, T's percentile rises
+    by ``pacer_delta`` (at most 100); if it changed >= 5x, it falls by ``pacer_delta``. Clients that did not
     report (stragglers, dropouts) get the round's mean utility and their duration. Blacklist: clients
     selected more than ``blacklist_rounds`` times are skipped (at most ``blacklist_max_len`` of all).
 
-    Deviations from FedScale, on purpose: the normalisation uses explored clients only (FedScale also
-    mixes in the data-size priors of unexplored clients); when unexplored clients run out, exploitation
-    takes the free slots so a round gets k clients; the cut-off index is clamped. The paper's own values
+    Deviations from FedScale, on purpose: FedScale exploits a fixed int(k (1 - eps)) clients and explores the
+    rest, a split that at k=1 never exploits (and the opposite floor, k - int(k eps), never explores again
+    after round 1: one client in every round); the Binomial(k, eps) count keeps the split eps k in
+    expectation (FedScale's up to its rounding) at every k, and at k=1 explores with probability eps. The
+    normalisation uses explored clients only (FedScale also mixes in the data-size priors of unexplored
+    clients); when unexplored (or explored) clients run out, the other kind takes the free slots so a round
+    gets k clients; the cut-off index is clamped. The paper's own values
     differ (eps floor 0.2, cut-off c = 95%); the Oort repository's are floor 0.2, ``cut_off_util`` 0.9,
     ``alpha`` 0.5 with the pacer off. Scores: the exploitation score, or the penalised prior when unexplored.
 
@@ -202,9 +210,12 @@ class OortSelector(ClientSelector):
         scores = self.exploit_scores(explored, now) * penalty[explored]
         self.exploration = max(self.exploration * self.decay, self.min_epsilon)
         k = min(ctx.k, len(feasible))
-        n_exploit = min(k - int(k * self.exploration), len(explored))
-        n_explore = min(len(unexplored), k - n_exploit)
-        n_exploit = min(k - n_explore, len(explored))  # unexplored ran out: exploit the free slots
+        # Each slot explores with probability eps: E[n_explore] = eps k, FedScale's split on average, and a round
+        # of k=1 still explores (FedScale's int(k (1 - eps)) exploit slots would be 0 there, our earlier
+        # k - int(k eps) would be 1 forever: one client every round).
+        n_explore = min(int(ctx.rng.binomial(k, self.exploration)), len(unexplored))
+        n_exploit = min(k - n_explore, len(explored))
+        n_explore = min(len(unexplored), k - n_exploit)  # explored clients ran out: explore the free slots
         exploit, exploit_scores = self._exploit(explored, scores, n_exploit, ctx.rng)
         prior = self.reward[unexplored] * penalty[unexplored]
         explore, explore_scores = self._explore(unexplored, prior, n_explore, ctx.rng)

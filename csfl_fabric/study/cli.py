@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from csfl_fabric.errors import ConfigError
-from csfl_fabric.study.markdown import cell
+from csfl_fabric.study.markdown import cell, reached
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
@@ -41,6 +41,10 @@ def add_commands(sub: Any) -> dict[str, Callable[[argparse.Namespace, Console], 
     rep = sub.add_parser("report", help="rebuild the report of runs/<experiment> from its finished runs")
     rep.add_argument("runs_dir", help="an experiment directory, e.g. runs/quickstart")
     _report_options(rep)
+    rep.add_argument("--targets", type=_csv(float), help="absolute target accuracies for every run, e.g. 0.6,0.7 "
+                     "(default: the runs' rounds.target_accuracy, else --target-fraction x the best accuracy)")
+    rep.add_argument("--target-fraction", type=float, default=0.8,
+                     help="without targets: this fraction of the best accuracy any run reached (default: 0.8)")
     lst = sub.add_parser("runs", help="list finished and unfinished runs with their key figures")
     lst.add_argument("runs_dir", nargs="?", default="runs", help="where to look (default: runs)")
     return {"compare": _cmd_compare, "report": _cmd_report, "runs": _cmd_runs}
@@ -63,16 +67,21 @@ def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
                      baseline=args.baseline, test=args.test, fmt=args.fmt)
     for spec, action in result.runs:
         console.print(f"{action:>9}  {spec.run_dir.name}", soft_wrap=True)
-    table = Table(title=f"{result.experiment_dir.name} (mean ± 95% CI over seeds; time in {result.report.time_unit})")
-    columns = {"final_acc": "final acc", "best_acc": "best acc", "time_to_80pct": "time to 80%",
-               "fair_participation_gini": "Gini", "wall_seconds": "wall s"}
-    for name in ("method", "seeds", *columns.values()):
+    report = result.report
+    table = Table(title=f"{result.experiment_dir.name} (mean ± 95% CI over seeds; time in {report.time_unit})")
+    times = {f"time_to_acc_{t:g}": f"time to acc {t:g}" for t in report.targets[:1]}
+    columns = {"final_acc": "final acc", "best_acc": "best acc", "fair_participation_gini": "Gini",
+               "wall_seconds": "wall s"}
+    for name in ("method", "seeds", *times.values(), *columns.values()):
         table.add_column(name, justify="left" if name == "method" else "right")
-    for label, metrics in result.report.table.items():
-        seeds = str(max((n for *_, n in metrics.values()), default=0))
-        table.add_row(label, seeds, *(cell(metrics.get(k)) for k in columns))
+    for label in report.ranking:  # by the time to the first target accuracy
+        metrics, runs = report.table[label], report.runs.get(label, 0)
+        table.add_row(label, str(runs), *(reached(metrics.get(k), runs) for k in times),
+                      *(cell(metrics.get(k)) for k in columns))
     console.print(table)
-    console.print(f"Report: {result.report.report_dir / 'report.md'}", soft_wrap=True)
+    console.print(f"Targets: {', '.join(f'{t:g}' for t in report.targets) or 'none'} ({report.target_note})",
+                  soft_wrap=True)
+    console.print(f"Report: {report.report_dir / 'report.md'}", soft_wrap=True)
     return 0
 
 
@@ -81,7 +90,12 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
 
     if not Path(args.runs_dir).is_dir():
         raise ConfigError(f"Runs directory `{args.runs_dir}` does not exist. Pass runs/<experiment>.")
-    report = build_report(args.runs_dir, baseline=args.baseline, test=args.test or "ttest", fmt=args.fmt or "png")
+    if not 0 < args.target_fraction <= 1:
+        raise ConfigError(f"Expected `--target-fraction` to be in (0, 1] but got {args.target_fraction}.")
+    if args.targets and not all(0 < t <= 1 for t in args.targets):
+        raise ConfigError(f"Expected every `--targets` value in (0, 1] but got {args.targets}.")
+    report = build_report(args.runs_dir, baseline=args.baseline, test=args.test or "ttest", fmt=args.fmt or "png",
+                          targets=args.targets, target_fraction=args.target_fraction)
     console.print(f"Report: {report.report_dir / 'report.md'} ({len(report.plots)} plots)")
     return 0
 

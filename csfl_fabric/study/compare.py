@@ -180,7 +180,7 @@ def compare(
         done.append((spec, "resumed" if resumable else {"new": "ran", "unfinished": "restarted"}[status]))
     exp_dir = Path(base.logging.dir) / base.experiment
     report = build_report(exp_dir, baseline=baseline, test=test or c.test, fmt=fmt or c.format,
-                          only=[s.run_dir for s in specs])
+                          only=[s.run_dir for s in specs], target_fraction=c.target_fraction)
     return ComparisonResult(experiment_dir=exp_dir, runs=done, report=report)
 
 

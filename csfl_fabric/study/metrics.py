@@ -11,7 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-#: Fractions of the final accuracy gain whose time to reach is reported (``time_to_50pct`` ...).
+#: Fractions of a run's *own* final accuracy gain whose time to reach is reported
+#: (``time_to_50pct_of_own_gain`` ...). Relative to each run, so not comparable across methods: a method that
+#: learns little reaches "80% of its gain" at once. Compare methods with `time_to_targets` instead.
 GAIN_FRACTIONS: tuple[float, ...] = (0.5, 0.8, 0.9)
 #: The simulated-clock column (written when `systems:` is configured); without it time is counted in rounds.
 SIM_TIME = "time/sim_total_s"
@@ -102,7 +104,52 @@ def trapezoid_auc(times: Sequence[float], values: Sequence[float], start: tuple[
     return float(np.sum((t[1:] - t[:-1]) * (v[1:] + v[:-1]) / 2))
 
 
-def summarize(rows: Sequence[dict[str, float]], initial_acc: float, target: float | None = None) -> dict[str, float]:
+def as_targets(target: float | Sequence[float] | None) -> tuple[float, ...]:
+    """``rounds.target_accuracy`` (a number, a list or None) as a sorted tuple of distinct floats.
+
+    >>> as_targets(None), as_targets(0.7), as_targets([0.8, 0.6, 0.8])
+    ((), (0.7,), (0.6, 0.8))
+    """
+    if target is None:
+        return ()
+    values = [target] if isinstance(target, (int, float)) else list(target)
+    return tuple(sorted({float(v) for v in values}))
+
+
+def target_key(kind: str, target: float) -> str:
+    """The summary key of the ``kind`` (``rounds`` or ``time``) to reach accuracy ``target``.
+
+    >>> target_key("time", 0.7), target_key("rounds", 0.547)
+    ('time_to_acc_0.7', 'rounds_to_acc_0.547')
+    """
+    return f"{kind}_to_acc_{target:g}"
+
+
+def time_to_targets(rows: Sequence[dict[str, float]], targets: Sequence[float]) -> dict[str, float]:
+    """Rounds and time to the first evaluation at or above each absolute ``target`` accuracy; NaN if never.
+
+    The same thresholds for every run of a study (unlike the own-gain fractions), so a method that never
+    gets there is *censored* (NaN, "not reached"), never "fast". Time is simulated seconds when every
+    evaluated row has ``time/sim_total_s``, else rounds completed.
+
+    >>> rows = [{"round": 0, "eval/acc": 0.5}, {"round": 1, "eval/acc": 0.7}, {"round": 2, "eval/acc": 0.9}]
+    >>> time_to_targets(rows, [0.6, 0.95])
+    {'rounds_to_acc_0.6': 2.0, 'time_to_acc_0.6': 2.0, 'rounds_to_acc_0.95': nan, 'time_to_acc_0.95': nan}
+    """
+    evaluated = [r for r in rows if "eval/acc" in r]
+    clock = bool(evaluated) and all(SIM_TIME in r for r in evaluated)
+    accs = [r["eval/acc"] for r in evaluated]
+    rounds = [r["round"] + 1 for r in evaluated]
+    times = [r[SIM_TIME] for r in evaluated] if clock else rounds
+    out: dict[str, float] = {}
+    for target in targets:
+        out[target_key("rounds", target)] = time_to_reach(rounds, accs, target)
+        out[target_key("time", target)] = time_to_reach(times, accs, target)
+    return out
+
+
+def summarize(rows: Sequence[dict[str, float]], initial_acc: float,
+              target: float | Sequence[float] | None = None) -> dict[str, float]:
     """The per-run summary of a study from the rows of ``metrics.csv``.
 
     Time is simulated seconds (``time/sim_total_s``) when that column exists and rounds completed otherwise;
@@ -110,14 +157,15 @@ def summarize(rows: Sequence[dict[str, float]], initial_acc: float, target: floa
     the accuracy of the initial model.
 
     Returns:
-        ``final_*`` of the last evaluated round, ``rounds_to_<p>pct`` / ``time_to_<p>pct`` for the
-        fractions `GAIN_FRACTIONS` of the final gain, ``time_to_target`` (if ``target``), ``auc_acc_time``
-        (accuracy x time, from ``(0, initial_acc)``), ``gain_per_hour`` (per simulated hour, or per round
-        without a clock), participation fairness and cumulative cost of the last row.
+        ``final_*`` of the last evaluated round, ``rounds_to_acc_<t>`` / ``time_to_acc_<t>`` for each
+        absolute ``target`` accuracy (`time_to_targets`; NaN when not reached), ``rounds_to_<p>pct_of_own_gain``
+        / ``time_to_<p>pct_of_own_gain`` for the fractions `GAIN_FRACTIONS` of the run's own final gain,
+        ``auc_acc_time`` (accuracy x time, from ``(0, initial_acc)``), ``gain_per_hour`` (per simulated hour,
+        or per round without a clock), participation fairness and cumulative cost of the last row.
 
     >>> rows = [{"round": 0, "eval/acc": 0.5}, {"round": 1, "eval/acc": 0.7}, {"round": 2, "eval/acc": 0.9}]
     >>> s = summarize(rows, initial_acc=0.1, target=0.6)
-    >>> s["rounds_to_50pct"], s["time_to_target"], s["auc_acc_time"], s["time_unit"]
+    >>> s["rounds_to_50pct_of_own_gain"], s["time_to_acc_0.6"], s["auc_acc_time"], s["time_unit"]
     (1.0, 2.0, 1.7, 'rounds')
     """
     evaluated = [r for r in rows if "eval/acc" in r]
@@ -129,14 +177,13 @@ def summarize(rows: Sequence[dict[str, float]], initial_acc: float, target: floa
         return out
     last, final = evaluated[-1], accs[-1]
     out.update({f"final_{k.split('/')[1]}": v for k, v in last.items() if k.startswith("eval/")})
+    out.update(time_to_targets(rows, as_targets(target)))
     gain = final - initial_acc
     rounds = [r["round"] + 1 for r in evaluated]
     for frac in GAIN_FRACTIONS:
         threshold = initial_acc + frac * gain if gain > 0 else math.inf
-        out[f"rounds_to_{round(frac * 100)}pct"] = time_to_reach(rounds, accs, threshold)
-        out[f"time_to_{round(frac * 100)}pct"] = time_to_reach(times, accs, threshold)
-    if target is not None:
-        out["time_to_target"] = time_to_reach(times, accs, target)
+        out[f"rounds_to_{round(frac * 100)}pct_of_own_gain"] = time_to_reach(rounds, accs, threshold)
+        out[f"time_to_{round(frac * 100)}pct_of_own_gain"] = time_to_reach(times, accs, threshold)
     out["auc_acc_time"] = trapezoid_auc(times, accs, start=(0.0, initial_acc))
     out["gain_per_hour" if clock else "gain_per_round"] = gain / (times[-1] / 3600 if clock else times[-1])
     tail = rows[-1]

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from csfl_fabric.engine.loggers import read_metrics
+from csfl_fabric.study.metrics import as_targets
 
 
 @dataclass
@@ -24,6 +25,8 @@ class RunRecord:
     status: str
     summary: dict[str, Any]
     rows: list[dict[str, float]] = field(repr=False)
+    #: The run's configured ``rounds.target_accuracy`` values (empty when it set none).
+    targets: tuple[float, ...] = ()
 
     @property
     def label(self) -> str:
@@ -33,13 +36,22 @@ class RunRecord:
 
 @dataclass
 class Report:
-    """Where the report went and its numbers: ``table[label][metric] = (mean, ci95 half-width, n)``."""
+    """Where the report went and its numbers: ``table[label][metric] = (mean, ci95 half-width, n)``.
+
+    For a time to a target accuracy, ``n`` counts the runs that reached it and ``runs[label]`` all finished
+    runs of the variant ("reached in n/m seeds"); ``targets`` are the study's absolute target accuracies,
+    chosen as ``target_note`` says, and ``ranking`` orders the variants by the time to the first target.
+    """
 
     report_dir: Path
     table: dict[str, dict[str, tuple[float, float, int]]]
     tests: list[dict[str, Any]]
     plots: list[Path]
     time_unit: str
+    targets: tuple[float, ...] = ()
+    target_note: str = ""
+    runs: dict[str, int] = field(default_factory=dict)
+    ranking: list[str] = field(default_factory=list)
 
 
 def load_run(run_dir: Path) -> RunRecord | None:
@@ -53,7 +65,8 @@ def load_run(run_dir: Path) -> RunRecord | None:
     # A comparison tags its runs [method, seed<k>, *sweep point]; other runs have no sweep point.
     tags = config.get("logging", {}).get("tags") or []
     point = " ".join(tags[2:]) if tags[:2] == [method, f"seed{seed}"] else ""
-    return RunRecord(run_dir, method, point, seed, summary.get("status", "unfinished"), summary, rows)
+    targets = as_targets(config.get("rounds", {}).get("target_accuracy"))
+    return RunRecord(run_dir, method, point, seed, summary.get("status", "unfinished"), summary, rows, targets)
 
 
 def load_runs(directory: str | Path, only: Sequence[Path] | None = None) -> list[RunRecord]:

@@ -12,28 +12,37 @@ from csfl_fabric.errors import ConfigError
 from csfl_fabric.study.markdown import render
 from csfl_fabric.study.plots import make_plots
 from csfl_fabric.study.records import Report, RunRecord, load_runs
-from csfl_fabric.study.stats import holm, mean_ci, paired_pvalue
+from csfl_fabric.study.stats import censored_pvalue, holm, mean_ci, min_pvalue, paired_difference, paired_pvalue
+from csfl_fabric.study.targets import DEFAULT_FRACTION, add_target_metrics, rank, study_targets
 
 #: Per-run summary keys shown in the report (in this order) when present, with the direction that is better.
+#: The times to the study's target accuracies (``time_to_acc_<t>``, lower is better) are added per report.
 METRICS: dict[str, str] = {
     "final_acc": "higher", "best_acc": "higher", "final_f1": "higher", "final_precision": "higher",
-    "final_recall": "higher", "final_loss": "lower", "auc_acc_time": "higher", "time_to_50pct": "lower",
-    "time_to_80pct": "lower", "time_to_90pct": "lower", "time_to_target": "lower", "gain_per_hour": "higher",
+    "final_recall": "higher", "final_loss": "lower", "auc_acc_time": "higher", "gain_per_hour": "higher",
     "gain_per_round": "higher", "fair_participation_gini": "lower", "fair_participation_entropy": "higher",
     "fair_participation_var": "lower", "fair_label_coverage_mean": "higher", "cost_bytes_down_total": "lower",
-    "cost_bytes_up_total": "lower", "cost_flops_total": "lower", "wall_seconds": "lower",
+    "cost_bytes_up_total": "lower", "cost_flops_total": "lower", "cost_probe_bytes_down_total": "lower",
+    "cost_probe_flops_total": "lower", "wall_seconds": "lower",
+    # Relative to each run's own final gain: shown, never tested (a method that learns little is "fast").
+    **{f"time_to_{p}pct_of_own_gain": "lower" for p in (50, 80, 90)},
 }
-#: The metrics tested against the baseline (Holm-corrected over the methods, per metric).
-TESTED: tuple[str, ...] = ("final_acc", "best_acc", "auc_acc_time", "time_to_80pct", "fair_participation_gini")
+#: The metrics tested against the baseline (Holm-corrected over the methods, per metric), besides the time to
+#: each target accuracy, which is always tested.
+TESTED: tuple[str, ...] = ("final_acc", "best_acc", "auc_acc_time", "fair_participation_gini")
 
 
-def aggregate(records: Sequence[RunRecord]) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """Mean, 95% CI half-width and number of seeds of every metric, per variant (finished runs only)."""
+def aggregate(records: Sequence[RunRecord], metrics: Sequence[str] = tuple(METRICS)
+              ) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Mean, 95% CI half-width and number of non-NaN values of every metric, per variant (finished runs only).
+
+    For a time to a target the NaNs are the runs that did not reach it: the mean is over those that did.
+    """
     table: dict[str, dict[str, tuple[float, float, int]]] = {}
     for label in _labels(records):
         runs = [r for r in records if r.label == label and r.status == "success"]
         table[label] = {}
-        for metric in METRICS:
+        for metric in metrics:
             values = [float(r.summary[metric]) for r in runs if metric in r.summary]
             if values:
                 mean, half = mean_ci(values)
@@ -41,17 +50,24 @@ def aggregate(records: Sequence[RunRecord]) -> dict[str, dict[str, tuple[float, 
     return table
 
 
-def paired_tests(records: Sequence[RunRecord], baseline: str, test: str) -> list[dict[str, Any]]:
-    """Each variant against the baseline, paired by seed, Holm-corrected per metric.
+def paired_tests(records: Sequence[RunRecord], baseline: str, test: str,
+                 censored: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Each variant against the baseline, paired by seed, Holm-corrected per metric, with effect sizes.
 
     A method is tested against the baseline method at the same sweep point; the baseline method's own other
-    sweep points are tested against its first one.
+    sweep points are tested against its first one. The ``TESTED`` metrics use ``test``; the ``censored`` ones
+    (times to a target) always use `censored_pvalue` (Wilcoxon signed-rank, "not reached" slower than any
+    time). ``mean_diff`` and its 95% CI ``ci_low``/``ci_high`` are over the pairs where both values exist
+    (for a censored metric: where both runs reached the target, ``both_reached``; ``reached`` is
+    ``"<method's runs that reached it>/<pairs> vs <baseline's>/<pairs>"``). ``p_floor`` is the
+    smallest Holm-adjusted p-value the test could give with these pairs (``family`` = p-values in the Holm family).
     """
     done = [r for r in records if r.status == "success"]
     # Other methods meet the baseline at their own sweep point; the baseline's other points meet its first one.
     home = next((r.point for r in done if r.method == baseline), "")
     out: list[dict[str, Any]] = []
-    for metric in TESTED:
+    for metric in (*TESTED, *censored):
+        kind = "censored" if metric in censored else test
         family: list[dict[str, Any]] = []
         for label in _labels(done):
             runs = {r.seed: r for r in done if r.label == label}
@@ -63,25 +79,37 @@ def paired_tests(records: Sequence[RunRecord], baseline: str, test: str) -> list
             seeds = sorted(s for s in runs if s in base and metric in runs[s].summary and metric in base[s].summary)
             a = [float(runs[s].summary[metric]) for s in seeds]
             b = [float(base[s].summary[metric]) for s in seeds]
-            diff = sum(x - y for x, y in zip(a, b, strict=True)) / len(seeds) if seeds else math.nan
+            mean, low, high = paired_difference(a, b)
+            p = (censored_pvalue(a, b) if kind == "censored" else paired_pvalue(a, b, test)) if seeds else math.nan
             family.append({"metric": metric, "method": label, "baseline": f"{baseline} {point}".strip(),
-                           "n": len(seeds), "mean_diff": diff, "p": paired_pvalue(a, b, test) if seeds else math.nan})
+                           "n": len(seeds), "mean_diff": mean, "ci_low": low, "ci_high": high, "p": p,
+                           "test": "wilcoxon" if kind == "censored" else test,
+                           "both_reached": sum(not (math.isnan(x) or math.isnan(y)) for x, y in zip(a, b, strict=True)),
+                           "reached": f"{sum(not math.isnan(x) for x in a)}/{len(a)} vs "
+                                      f"{sum(not math.isnan(y) for y in b)}/{len(b)}"})
+        tested = sum(not math.isnan(r["p"]) for r in family)
         for row, adjusted in zip(family, holm([r["p"] for r in family]), strict=True):
             row["p_holm"] = adjusted
+            floor = tested * min_pvalue(row["n"], row["test"])  # NaN below 2 pairs
+            row["family"], row["p_floor"] = tested, floor if math.isnan(floor) else min(1.0, floor)
         out.extend(family)
     return out
 
 
 def build_report(directory: str | Path, baseline: str | None = None, test: str = "ttest", fmt: str = "png",
-                 only: Sequence[Path] | None = None) -> Report:
+                 only: Sequence[Path] | None = None, targets: Sequence[float] | None = None,
+                 target_fraction: float = DEFAULT_FRACTION) -> Report:
     """Write ``<directory>/report/`` (summary.csv, runs.csv, report.md, plots) from the run directories.
 
     Args:
         directory: the experiment directory ``runs/<experiment>``.
         baseline: the method the others are tested against (default: the first method in sorted order).
-        test: ``ttest`` or ``wilcoxon``.
+        test: ``ttest`` or ``wilcoxon``, for the metrics that are not times to a target.
         fmt: plot format, ``png``, ``pdf`` or ``svg``.
         only: restrict to these run directories (a comparison's own runs).
+        targets: absolute target accuracies for every run; default: the runs' ``rounds.target_accuracy``,
+            else ``target_fraction`` x the best accuracy any run reached (`csfl_fabric.study.targets`).
+        target_fraction: the fraction of that default.
 
     Raises:
         ConfigError: no run directories below ``directory``, or a baseline that is not one of their methods.
@@ -96,14 +124,19 @@ def build_report(directory: str | Path, baseline: str | None = None, test: str =
         raise ConfigError(f"Baseline `{baseline}` is not among the methods of `{directory}`: {', '.join(methods)}.")
     out = directory / "report"
     out.mkdir(parents=True, exist_ok=True)
-    table = aggregate(records)
-    tests = paired_tests(records, baseline, test)
+    chosen, note = study_targets(records, targets, target_fraction)
+    target_metrics = add_target_metrics(records, chosen)
+    metrics = [*target_metrics, *METRICS]
+    table = aggregate(records, metrics)
+    tests = paired_tests(records, baseline, test, censored=[m for m in target_metrics if m.startswith("time_")])
     unit = "simulated seconds" if any(r.summary.get("time_unit") == "sim_s" for r in records) else "rounds"
-    _write_csv(out / "summary.csv", _summary_rows(table))
+    runs = {label: sum(r.label == label and r.status == "success" for r in records) for label in table}
+    ranking = rank(table, runs, target_metrics[0]) if target_metrics else list(table)
+    _write_csv(out / "summary.csv", _summary_rows(table, runs, target_metrics))
     _write_csv(out / "runs.csv", [{"run": r.run_dir.name, "method": r.method, "point": r.point, "seed": r.seed,
-                                   "status": r.status, **{m: r.summary.get(m, "") for m in METRICS}} for r in records])
+                                   "status": r.status, **{m: r.summary.get(m, "") for m in metrics}} for r in records])
     plots = make_plots([r for r in records if r.status == "success"], out, fmt)
-    report = Report(out, table, tests, plots, unit)
+    report = Report(out, table, tests, plots, unit, chosen, note, runs, ranking)
     (out / "report.md").write_text(render(report, records, baseline, test))
     return report
 
@@ -112,12 +145,15 @@ def _labels(records: Sequence[RunRecord]) -> list[str]:
     return list(dict.fromkeys(r.label for r in records))
 
 
-def _summary_rows(table: dict[str, dict[str, tuple[float, float, int]]]) -> list[dict[str, Any]]:
+def _summary_rows(table: dict[str, dict[str, tuple[float, float, int]]], runs: dict[str, int],
+                  censored: Sequence[str]) -> list[dict[str, Any]]:
     rows = []
     for label, metrics in table.items():
-        row: dict[str, Any] = {"method": label, "seeds": max((n for _, _, n in metrics.values()), default=0)}
-        for metric, (mean, half, _) in metrics.items():
+        row: dict[str, Any] = {"method": label, "seeds": runs.get(label, 0)}
+        for metric, (mean, half, n) in metrics.items():
             row[f"{metric}_mean"], row[f"{metric}_ci95"] = mean, half
+            if metric in censored:
+                row[f"{metric}_reached"] = n  # of `seeds` runs; the mean and CI are over these
         rows.append(row)
     return rows
 

@@ -239,6 +239,32 @@ class ClientTrainer:
         return torch.stack(out).cpu().numpy().astype(float) if out else np.zeros(0)
 
 
+    def gradients(self, params: Params, clients: Sequence[ClientData]) -> np.ndarray:
+        """Full-batch gradient of each client's mean training loss at ``params`` (DivFL's signal), one row each.
+
+        The gradient of ``mean_i CE(f(x_i), y_i)`` over all the client's samples with respect to every trainable
+        parameter (in ``parameters()`` order, flattened, float32); in eval mode, so dropout and batch statistics
+        do not make it random. The model's weights are left as loaded (no step is taken).
+        """
+        self.load(params)
+        self.model.module.eval()
+        rows = []
+        for client in clients:
+            x, y = client.arrays()
+            total = [torch.zeros_like(p) for p in self._params]
+            for start in range(0, len(y), self.settings.eval_batch_size):
+                stop = start + self.settings.eval_batch_size
+                with self._precision.forward_context():
+                    logits = self._forward(self._precision.convert_input(x[start:stop]))
+                loss = F.cross_entropy(logits.float(), y[start:stop], reduction="sum") / len(y)
+                grads = torch.autograd.grad(loss, self._params, allow_unused=True)
+                torch._foreach_add_(total, [g if g is not None else torch.zeros_like(p)
+                                            for g, p in zip(grads, self._params, strict=True)])
+            rows.append(torch.cat([g.reshape(-1).float() for g in total]).cpu())
+        dim = sum(p.numel() for p in self._params)
+        return torch.stack(rows).numpy() if rows else np.zeros((0, dim), dtype=np.float32)
+
+
 def _client_stats(losses: list[Tensor], flat: Tensor | None) -> tuple[float, float, float | None]:
     """Sum and sum of squares of the per-sample ``losses``, and the norm of ``flat`` if given, in one host sync."""
     norm = [] if flat is None else [l2_norm(flat)]
