@@ -209,8 +209,8 @@ def _schema_type(path: str) -> str:
 
 
 #: Keys that may differ between a checkpoint's run and its resume: they do not change what is computed.
-#: (``rounds.num_rounds`` may grow, to extend a finished run.)
-HASH_EXCLUDED = ("resume", "logging", "checkpoint", "memory", "rounds.num_rounds", "callbacks")
+#: (``rounds.num_rounds`` may grow, to extend a finished run; ``compare`` is read by `compare` only.)
+HASH_EXCLUDED = ("resume", "logging", "checkpoint", "memory", "rounds.num_rounds", "callbacks", "compare")
 
 
 def config_hash(config: Config) -> str:
