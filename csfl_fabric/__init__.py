@@ -7,6 +7,8 @@ statistics or vision code (the registries import their built-in implementations 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from csfl_fabric import _compat
@@ -80,3 +82,16 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_PUBLIC))
+
+
+class _Package(types.ModuleType):
+    """This package's module type: an old submodule path must not shadow a public function of the same name."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Importing the old path `csfl_fabric.compare` makes Python bind that module here as `compare`.
+        if name in _PUBLIC and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

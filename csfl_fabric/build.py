@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import random
@@ -40,7 +41,8 @@ from csfl_fabric.engine.resume import checkpoint_dir, wandb_id
 from csfl_fabric.errors import USER_ERRORS, ConfigError
 from csfl_fabric.registry import AGGREGATORS, CALLBACKS, DATASETS, MODELS, PARTITIONERS, SELECTORS, Registry
 from csfl_fabric.training.cohort import CohortTrainer
-from csfl_fabric.training.sequential import ClientTrainer, TrainSettings
+from csfl_fabric.training.sequential import ClientTrainer
+from csfl_fabric.training.settings import TrainSettings
 
 
 def stream(seed: int, name: str) -> np.random.Generator:
@@ -173,10 +175,7 @@ def build_trainer(config: Config, fabric: Fabric, dataset: FederatedDataset) -> 
     model = _component("train.model", MODELS, t.model, t.model_params, input_shape=dataset.input_shape,
                        num_classes=dataset.num_classes)
     check_model_fits(config, model, dataset)
-    settings = TrainSettings(local_epochs=t.local_epochs, local_steps=t.local_steps, batch_size=t.batch_size, lr=t.lr,
-                             optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay, mu=t.mu,
-                             clip_grad_norm=t.clip_grad_norm, eval_batch_size=t.eval_batch_size,
-                             channels_last=t.channels_last)
+    settings = TrainSettings(**{f.name: getattr(t, f.name) for f in dataclasses.fields(TrainSettings)})
     if t.backend == "cohort":
         return CohortTrainer(fabric, model, settings, dataset.num_classes, cohort_size=t.cohort_size)
     return ClientTrainer(fabric, model, settings, dataset.num_classes)

@@ -116,7 +116,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("resume-wrong-shapes", ["resume", "{wrong_shapes}"], "does not fit this run (ValueError: global_params["),
     # Plug-ins: a selector breaking its contract in round 0 (nothing may be left behind), a model that does not
     # fit the data, a module calling sys.exit on import.
-    ("selector-duplicate-ids", [*BROKEN, "selector.mode=duplicate"], "Selector `test.broken` in round 0: selected a client twice"),
+    ("selector-duplicate-ids", [*BROKEN, "selector.mode=duplicate"],
+     "Selector `test.broken` in round 0: selected a client twice"),
     ("selector-out-of-range", [*BROKEN, "selector.mode=out_of_range"], "selected unavailable clients [10000]"),
     ("selector-empty", [*BROKEN, "selector.mode=empty"], "returned 0 ids; it must return between 1 and k=4"),
     ("selector-too-many", [*BROKEN, "selector.mode=too_many"], "returned 5 ids but k=4 (returned ids [0, 1, 2, 3, 4])"),

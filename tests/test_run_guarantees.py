@@ -65,7 +65,8 @@ def test_a_second_process_is_refused_while_the_first_holds_the_run_directory(tmp
     try:
         deadline = time.time() + 120
         while not (tmp_path / "ready").exists():
-            assert first.poll() is None and time.time() < deadline, first.stdout.read()  # type: ignore[union-attr]
+            assert first.poll() is None, first.stdout.read()  # type: ignore[union-attr]
+            assert time.time() < deadline
             time.sleep(0.05)
         for argv in (["run", str(SMOKE), "--run-dir", str(run_dir)], ["resume", str(run_dir)]):
             second = subprocess.run([sys.executable, "-m", "csfl_fabric", *argv], env=ENV, capture_output=True,
@@ -88,7 +89,8 @@ def test_default_names_differ_when_the_results_would(tmp_path: Path) -> None:
     b = run(SMOKE, [*over, "train.lr=0.2"]).run_dir
     again = run(SMOKE, [*over, "train.lr=0.05"]).run_dir
     assert a.parent == b.parent == tmp_path / "smoke"
-    assert a.name.startswith("heuristic.random-seed0-") and a.name != b.name
+    assert a.name.startswith("heuristic.random-seed0-")
+    assert a.name != b.name
     assert again.name == f"{a.name}-1"  # the same config again: a fresh folder, never the first run's
     assert "lr: 0.2" in (b / "config.yaml").read_text()
 

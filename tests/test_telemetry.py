@@ -31,7 +31,8 @@ def test_jain_index_bounds_and_undefined_case() -> None:
 
 
 def _result(client_id: int) -> ClientResult:
-    return ClientResult(client_id=client_id, num_samples=1, num_steps=1, samples_processed=1, loss=0.5, loss_sq_sum=0.25)
+    return ClientResult(client_id=client_id, num_samples=1, num_steps=1, samples_processed=1, loss=0.5,
+                        loss_sq_sum=0.25)
 
 
 def test_history_counts_duplicates_and_round_trips() -> None:

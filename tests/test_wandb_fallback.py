@@ -67,7 +67,8 @@ def test_online_without_network_goes_offline_with_a_fresh_id(tmp_path: Path, mon
         logger.log_metrics({"eval/acc": 0.6}, step=1)
     (run_,) = runs
     assert (run_.mode, logger.mode) == ("offline", "offline")
-    assert run_.id != "orig1234" and len(run_.id) == 8  # type: ignore[arg-type]
+    assert run_.id != "orig1234"
+    assert len(run_.id) == 8  # type: ignore[arg-type]
     assert (tmp_path / "wandb_id").read_text() == f"{run_.id}\n"  # a resume continues the offline run
     assert run_.logged == [{"eval/acc": 0.5, "round": 0}, {"eval/acc": 0.6, "round": 1}]
     (warning,) = [str(w.message) for w in caught]

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as pl
+try:
+    import lightning.pytorch as pl
+except ImportError as e:  # installed without the extra
+    raise ImportError("csfl_callbacks.lightning needs Lightning: pip install 'csfl-callbacks[lightning]' "
+                      "(or `pip install lightning`).") from e
 from typing_extensions import override
 
 from csfl_callbacks.memory import MemoryPolicies, MemoryPolicy

@@ -37,6 +37,7 @@ def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides:
     layers = [_read_source(source), _parse_overrides(overrides)]
     cfg: DictConfig = OmegaConf.structured(Config)
     for layer in layers:
+        _check_callback_entries(layer)
         _normalize_shorthand(layer)
         _rename_import(layer)
         _drop_params_of_switched_components(cfg, layer)
@@ -53,6 +54,22 @@ def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides:
     import_plugin(config.selector.module)
     validate(config)
     return config
+
+
+def _check_callback_entries(layer: dict[str, Any]) -> None:
+    # OmegaConf names a bad key inside a list element without its list, so check the entries here.
+    entries = layer.get("callbacks")
+    if entries is None:
+        return
+    if not isinstance(entries, list):
+        raise ConfigError(f"Expected `callbacks` to be a list of {{target, params}} entries but got {entries!r}.")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"Expected `callbacks[{i}]` to be a mapping {{target: ..., params: {{...}}}} but got "
+                              f"{entry!r}.")
+        unknown = sorted(set(entry) - {"target", "params"})
+        if unknown:
+            raise ConfigError(f"Unknown key `{unknown[0]}` in `callbacks[{i}]`. Valid keys: target, params.")
 
 
 def _rename_import(layer: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from csfl_fabric.registry import AGGREGATORS, DATASETS, PARTITIONERS, SELECTORS, Registry
+from csfl_fabric.training.settings import TrainSettings
 
 
 @dataclass
@@ -34,25 +35,14 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Local training on each client."""
+class TrainConfig(TrainSettings):
+    """Local training on each client: the backend's `TrainSettings` plus what the build consumes."""
 
     model: str = "cnn"
     model_params: dict[str, Any] = field(default_factory=dict)
-    local_epochs: int = 1
-    local_steps: int | None = None
-    batch_size: int = 16
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    mu: float = 0.0
-    clip_grad_norm: float | None = None
     num_threads: int = 1
     backend: str = "sequential"
     cohort_size: int = 64
-    eval_batch_size: int = 1024
-    channels_last: bool = True
     on_divergence: str = "skip"
 
 

@@ -9,23 +9,13 @@ gradient scaler must unscale inside ``optimizer.step`` (16-bit mixed precision o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
+from csfl_fabric.training.settings import OptimizerSettings
+
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults
 ADAM_EPS = 1e-8
-
-
-@dataclass(frozen=True)
-class OptimizerSettings:
-    """What the update rule needs: ``optimizer`` (``sgd`` or ``adam``), ``lr``, ``momentum``, ``weight_decay``."""
-
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
 
 
 class FunctionalOptimizer:
@@ -46,6 +36,11 @@ class FunctionalOptimizer:
         self.exp_avg: dict[object, Tensor] = {}  # momentum buffer (SGD) or first moment (Adam)
         self.exp_avg_sq: dict[object, Tensor] = {}
         self.steps: dict[object, int] = {}
+
+    @property
+    def plain(self) -> bool:
+        """True for SGD without momentum or weight decay: the direction is the gradient itself, with no state."""
+        return self.s.optimizer == "sgd" and not self.s.momentum and not self.s.weight_decay
 
     def reset(self) -> None:
         """Forget all state (a new client starts fresh)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,29 +20,8 @@ from torchmetrics.classification import (
 from csfl_fabric.data.store import ClientData
 from csfl_fabric.state import ClientResult, Params
 from csfl_fabric.training.flat import FlatParams, flat_of, flatten_module, l2_norm
-from csfl_fabric.training.optim import FunctionalOptimizer, OptimizerSettings
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Local-training hyperparameters (the `train:` config section, without what build.py consumes)."""
-
-    local_epochs: int = 1
-    local_steps: int | None = None
-    batch_size: int = 16
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    mu: float = 0.0
-    clip_grad_norm: float | None = None
-    eval_batch_size: int = 1024
-    channels_last: bool = True
-
-    @property
-    def optimizer_settings(self) -> OptimizerSettings:
-        """What the update rule (`FunctionalOptimizer`) needs."""
-        return OptimizerSettings(self.optimizer, self.lr, self.momentum, self.weight_decay)
+from csfl_fabric.training.optim import FunctionalOptimizer
+from csfl_fabric.training.settings import TrainSettings
 
 
 def make_optimizer(params: Sequence[nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
@@ -196,6 +174,10 @@ class ClientTrainer:
             self.optimizer.step()
             return
         # The parameters that have a gradient; the gradients are ours (set to None before every backward).
+        if self._opt.plain:  # the default: one fused update, no per-tensor calls (W-big: one step per client)
+            params = [p for p in self._params if p.grad is not None]
+            torch._foreach_add_(params, [p.grad for p in params], alpha=-self.settings.lr)  # type: ignore[misc]
+            return
         live = [(i, p) for i, p in enumerate(self._params) if p.grad is not None]
         if not live:
             return

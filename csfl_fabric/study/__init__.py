@@ -1,0 +1,1 @@
+"""Study tools: compare methods over seeds, read the runs back, report (statistics, plots, markdown)."""

@@ -1,0 +1,1 @@
+"""Local training: the sequential and cohort (``torch.func``) backends, their shared optimizer, flat params."""
