@@ -188,7 +188,7 @@ def check_model_fits(config: Config, model: torch.nn.Module, dataset: FederatedD
         ConfigError: the forward pass fails or does not give one logit per class.
     """
     shape, t = tuple(dataset.input_shape), config.train
-    sample = dataset.x_train[:1].float()
+    sample = dataset.x_train[:1]  # as the trainer feeds it: token ids stay integers
     was_training = model.training
     model.eval()  # no batch-norm statistics updated, no dropout drawn from the global generator
     try:

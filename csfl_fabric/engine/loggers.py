@@ -113,10 +113,13 @@ class _CSVFile:
             self.header += new
             self._rewrite([*self._rows(), row])
             return
-        if self._fh is None:
-            self._fh = self.path.open("a", newline="")
-        csv.DictWriter(self._fh, fieldnames=self.header).writerow(row)
-        self._fh.flush()
+        try:
+            if self._fh is None:
+                self._fh = self.path.open("a", newline="")
+            csv.DictWriter(self._fh, fieldnames=self.header).writerow(row)
+            self._fh.flush()
+        except OSError as e:  # name the file: a full disk is reported as "while writing <file>"
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
 
     def close(self) -> None:
         if self._fh is not None:
