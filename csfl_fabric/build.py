@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import random
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from csfl_fabric.data import systems
 from csfl_fabric.data.datasets import FederatedDataset
 from csfl_fabric.data.store import ClientStore
 from csfl_fabric.engine.distributed import fabric_strategy, launch
+from csfl_fabric.engine.files import make_fresh_dir
 from csfl_fabric.engine.guard import ClientGuard
 from csfl_fabric.engine.loggers import CSVMetricsLogger, WandbLogger
 from csfl_fabric.engine.orchestrator import Orchestrator, RoundSettings
@@ -56,18 +58,34 @@ def stream(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode())]))
 
 
+def seed_global_rngs(seed: int) -> None:
+    """Seed Python's `random` and NumPy's global generator from their own named streams.
+
+    The simulator never draws from them, but plug-ins (a selector using ``random.sample``, a model using
+    ``np.random``) may; seeded here and saved in every checkpoint (`csfl_fabric.engine.rng`), they make such
+    code reproducible and resumable too.
+    """
+    random.seed(int(stream(seed, "python").integers(2**63 - 1)))
+    np.random.seed(int(stream(seed, "numpy").integers(2**32 - 1)))
+
+
 def run_name(config: Config) -> str:
-    """The run directory's name: ``logging.run_name`` or ``<selector>-seed<k>``."""
-    return config.logging.run_name or f"{config.selector.name}-seed{config.seed}"
+    """The run directory's name: ``logging.run_name``, or ``<selector>-seed<k>-<hash>``.
+
+    ``<hash>`` is the first 6 characters of `config_hash` (the keys that decide the results), so runs that differ
+    in any override get different folders, and ``resume: auto`` finds exactly the run of the same config.
+    """
+    return config.logging.run_name or f"{config.selector.name}-seed{config.seed}-{config_hash(config)[:6]}"
+
+
+def default_run_dir(config: Config) -> Path:
+    """``<logging.dir>/<experiment>/<run_name>/`` (not created)."""
+    return Path(config.logging.dir) / config.experiment / run_name(config)
 
 
 def fresh_run_dir(config: Config) -> Path:
-    """``runs/<experiment>/<run>/``, with a numeric suffix if that directory already holds a run."""
-    base = Path(config.logging.dir) / config.experiment / run_name(config)
-    path, n = base, 1
-    while path.exists() and any(path.iterdir()):
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
+    """Create and return ``default_run_dir``, or ``<it>-1``, ``-2``, ... if taken (atomically: one folder per run)."""
+    return make_fresh_dir(default_run_dir(config))
 
 
 @dataclass
@@ -87,8 +105,12 @@ def build_fabric(config: Config, callbacks: Sequence[Any] = (), loggers: Sequenc
     """The run's Fabric from the `fabric:` section (not launched yet)."""
     f = config.fabric
     strategy = fabric_strategy(f.strategy, f.devices, f.num_nodes, f.timeout_s, f.startup_timeout_s)
-    return Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes, strategy=strategy,
-                  precision=f.precision, callbacks=list(callbacks), loggers=list(loggers))  # type: ignore[arg-type]
+    try:
+        return Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes, strategy=strategy,
+                      precision=f.precision, callbacks=list(callbacks), loggers=list(loggers))  # type: ignore[arg-type]
+    except (RuntimeError, ValueError, ImportError) as e:  # e.g. accelerator=gpu on a machine without one
+        raise ConfigError(f"`fabric.accelerator={f.accelerator}` with fabric.devices={f.devices}, fabric.precision="
+                          f"{f.precision} cannot start here: {' '.join(str(e).split())}") from None
 
 
 def build_dataset(config: Config) -> tuple[FederatedDataset, list[np.ndarray]]:
@@ -131,7 +153,7 @@ def build_systems(config: Config, num_samples: np.ndarray, model_bytes: int) -> 
     return systems.SystemModel(
         profiles, num_samples, stream(config.seed, "availability"), stream(config.seed, "dropout"),
         availability=s.availability, availability_p=s.availability_p,
-        trace=systems.read_trace(s.trace) if s.availability == "trace" and s.trace else None,
+        trace=systems.read_trace(s.trace, n) if s.availability == "trace" and s.trace else None,
         trace_unit=s.trace_unit, dropout=s.dropout, deadline_policy=s.deadline_policy, overcommit=s.overcommit,
     )
 
@@ -151,11 +173,38 @@ def build_trainer(config: Config, fabric: Fabric, dataset: FederatedDataset) -> 
     # The initial model depends on the seed only, so every method of a comparison starts from the same weights.
     torch.manual_seed(int(stream(config.seed, "model").integers(2**63 - 1)))
     t = config.train
-    model = MODELS.build(t.model, t.model_params, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+    model = _component("train.model", MODELS, t.model, t.model_params, input_shape=dataset.input_shape,
+                       num_classes=dataset.num_classes)
+    check_model_fits(config, model, dataset)
     settings = TrainSettings(**{f.name: getattr(t, f.name) for f in dataclasses.fields(TrainSettings)})
     if t.backend == "cohort":
         return CohortTrainer(fabric, model, settings, dataset.num_classes, cohort_size=t.cohort_size)
     return ClientTrainer(fabric, model, settings, dataset.num_classes)
+
+
+def check_model_fits(config: Config, model: torch.nn.Module, dataset: FederatedDataset) -> None:
+    """One sample through the model on the CPU, so that a model made for other inputs fails here in one line.
+
+    Raises:
+        ConfigError: the forward pass fails or does not give one logit per class.
+    """
+    shape, t = tuple(dataset.input_shape), config.train
+    sample = dataset.x_train[:1]  # as the trainer feeds it: token ids stay integers
+    was_training = model.training
+    model.eval()  # no batch-norm statistics updated, no dropout drawn from the global generator
+    try:
+        with torch.no_grad():
+            out = model(sample)
+        problem = "" if tuple(out.shape) == (1, dataset.num_classes) else \
+            f"its output has shape {tuple(out.shape)}, not (1, {dataset.num_classes})"
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        problem = " ".join(str(e).split())[:200]
+    finally:
+        model.train(was_training)
+    if problem:
+        raise ConfigError(f"`train.model={t.model}` does not fit `data.dataset={config.data.dataset}` (inputs of "
+                          f"shape {shape}, {dataset.num_classes} classes): {problem}. Pick another model "
+                          "(csfl-fabric list models) or change `train.model_params`.")
 
 
 def build_store(config: Config, fabric: Fabric, dataset: FederatedDataset, parts: list[np.ndarray]) -> ClientStore:
@@ -196,10 +245,11 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
 
     Args:
         config: a config from `csfl_fabric.config.load_config`.
-        run_dir: where the run writes; default ``runs/<experiment>/<selector>-seed<k>/`` (made unique).
+        run_dir: where the run writes; default `default_run_dir` (`csfl_fabric.api` claims it before building).
         callbacks: extra callbacks, called after the built-in ones and the config's.
     """
-    run_dir = Path(run_dir) if run_dir is not None else fresh_run_dir(config)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    seed_global_rngs(config.seed)  # before any plug-in is built: its constructor may draw already
     dataset, parts = build_dataset(config)
     all_callbacks = build_callbacks(config, run_dir)
     loggers, run_id = build_loggers(config, run_dir)

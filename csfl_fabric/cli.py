@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from csfl_fabric.errors import USER_ERRORS, RankFailureError, RunFailed, RunInterrupted
+from csfl_fabric.errors import USER_ERRORS, DiskFullError, RankFailureError, RunFailed, RunInterrupted
 from csfl_fabric.registry import AGGREGATORS, CALLBACKS, DATASETS, MODELS, PARTITIONERS, SELECTORS, Registry
 from csfl_fabric.study.cli import add_commands
 
@@ -33,10 +34,11 @@ def _parser() -> argparse.ArgumentParser:
                          "`csfl-fabric run configs/quickstart.yaml rounds.num_rounds=5 train.lr=0.1`.")
     run.add_argument("config", help="YAML config file (see configs/)")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=0.1")
-    run.add_argument("--run-dir", help="write exactly here (default: runs/<experiment>/<run>/, made unique)")
+    run.add_argument("--run-dir", help="write exactly here; refused if it holds a run, unless resume=auto continues "
+                     "it (default: a fresh runs/<experiment>/<selector>-seed<k>-<config hash>/)")
     res = sub.add_parser("resume", help="continue a run from its latest checkpoint",
                          description="Continue RUN_DIR from its latest checkpoint with its config.yaml, e.g. "
-                         "`csfl-fabric resume runs/quickstart/heuristic.random-seed0` (overrides may extend "
+                         "`csfl-fabric resume runs/quickstart/heuristic.random-seed0-1a2b3c` (overrides may extend "
                          "rounds.num_rounds or change logging).")
     res.add_argument("run_dir", help="a run directory with checkpoints/")
     res.add_argument("overrides", nargs="*", help="key=value overrides that do not change results")
@@ -101,8 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args, console)
     except USER_ERRORS as e:
         # A user mistake: one line, exit code 2, no traceback.
-        print(f"csfl-fabric: error: {e}", file=sys.stderr)
+        hint = _resume_hint(e, "; after fixing it, ")
+        print(f"csfl-fabric: error: {_one_line(e).rstrip('.') if hint else _one_line(e)}{hint}", file=sys.stderr)
         return 2
+    except DiskFullError as e:
+        print(f"csfl-fabric: error: {e}", file=sys.stderr)
+        return 1
     except RunInterrupted as e:
         print(f"csfl-fabric: {e}; checkpoint written. Resume with: csfl-fabric resume {getattr(e, 'run_dir', '')}",
               file=sys.stderr)
@@ -118,6 +124,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("csfl-fabric: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - not a user mistake but a bug: keep its traceback, say what to resume
+        traceback.print_exc()
+        print(f"csfl-fabric: unexpected {type(e).__name__} (a bug: please report it with the traceback above)"
+              f"{_resume_hint(e, '; once fixed, ')}", file=sys.stderr)
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())  # a message never spans lines, even one quoting a multi-line reason
+
+
+def _resume_hint(e: BaseException, lead: str) -> str:
+    """``; ... resume with: csfl-fabric resume <run_dir>`` when the failed run left a checkpoint, else ``""``."""
+    from csfl_fabric.engine.resume import latest_checkpoint
+
+    run_dir = getattr(e, "run_dir", None)
+    if run_dir is None or latest_checkpoint(run_dir) is None:
+        return ""
+    return f"{lead}resume with: csfl-fabric resume {run_dir}"
 
 
 if __name__ == "__main__":

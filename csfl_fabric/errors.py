@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import signal
 from pathlib import Path
 
@@ -26,8 +27,39 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or written by a different config."""
 
 
+class SelectorError(ValueError):
+    """A selector (often a researcher's own plug-in) returned a selection that breaks the contract."""
+
+
+class RunDirectoryError(ConfigError):
+    """A run directory that is in use by another process, or already holds a run that is not being resumed."""
+
+
 #: What the CLI turns into a one-line message and exit code 2 instead of a traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, UnknownNameError, InvalidParamsError, CheckpointError)
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, UnknownNameError, InvalidParamsError, CheckpointError,
+                                            SelectorError)
+
+
+class DiskFullError(OSError):
+    """The disk (or the file-size limit) filled up while the run wrote ``filename``; the CLI exits with code 1.
+
+    ``last_checkpoint`` is the newest complete checkpoint (None if there is none yet); ``run_dir`` is set by
+    `csfl_fabric.api` so that the message can say what to resume.
+    """
+
+    run_dir: Path | None = None
+
+    def __init__(self, err: int, strerror: str, filename: str | None, last_checkpoint: Path | None = None) -> None:
+        super().__init__(err, strerror, filename)
+        self.last_checkpoint = last_checkpoint
+
+    def __str__(self) -> str:
+        what = "no space left on device" if self.errno != errno.EFBIG else "the file size limit was reached"
+        last = f"`{self.last_checkpoint}`" if self.last_checkpoint else "none (no round was checkpointed yet)"
+        then = f"resume with: csfl-fabric resume {self.run_dir}" if self.last_checkpoint and self.run_dir else \
+            "run it again"
+        return (f"{what} while writing `{self.filename or 'a file of the run'}` ({self.strerror}); the last good "
+                f"checkpoint is {last}; free space and {then}")
 
 
 class RunFailed(RuntimeError):

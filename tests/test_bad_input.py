@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,17 @@ import pytest
 import torch
 
 from csfl_fabric.cli import main
+from csfl_fabric.engine.checkpoint import load_checkpoint, save_checkpoint
+from csfl_fabric.engine.files import RunLock
+from csfl_fabric.engine.resume import latest_checkpoint
 
+from . import bad_plugins
 from .conftest import REPO, SMOKE
 
 RUN = ["run", "{smoke}", "logging.dir={runs}"]
-# (id, argv with {placeholders}, a substring the one-line message must contain)
+BROKEN = [*RUN, "selector.name=test.broken"]
+WANDB = [*RUN, "logging.wandb=offline"]
+# (id, argv with {placeholders} (`{{` for a literal brace), a substring the one-line message must contain)
 CASES: list[tuple[str, list[str], str]] = [
     ("missing-config-file", ["run", "{tmp}/nope.yaml"], "does not exist"),
     ("malformed-yaml", ["run", "{bad_yaml}"], "is not valid YAML at line"),
@@ -69,41 +76,159 @@ CASES: list[tuple[str, list[str], str]] = [
     ("resume-corrupt-checkpoint", ["resume", "{corrupt}"], "is corrupt or not a checkpoint"),
     ("resume-foreign-file", ["resume", "{foreign}"], "is not a csfl_fabric checkpoint"),
     ("resume-different-config", ["resume", "{existing}", "seed=1"], "written by a run with a different config"),
-    ("auto-resume-different-config", [*RUN, "resume=auto", "train.lr=0.2"], "different config"),
+    ("auto-resume-different-config", [*RUN, "--run-dir", "{existing}", "resume=auto", "train.lr=0.2"],
+     "different config"),
+    # Issue 15 -- NaN passes every `> 0` check, inf breaks arithmetic: both refused where a finite number is needed.
+    ("nan-lr", [*RUN, "train.lr=nan"], "Expected `train.lr` to be a finite number but got nan"),
+    ("inf-lr", [*RUN, "train.lr=inf"], "Expected `train.lr` to be a finite number but got inf"),
+    ("nan-momentum", [*RUN, "train.momentum=nan"], "`train.momentum` to be a finite number"),
+    ("inf-weight-decay", [*RUN, "train.weight_decay=inf"], "`train.weight_decay` to be a finite number"),
+    ("inf-clip-grad-norm", [*RUN, "train.clip_grad_norm=inf"], "`train.clip_grad_norm` to be a finite number"),
+    ("nan-check-interval", [*RUN, "memory.check_interval_s=nan"], "`memory.check_interval_s` to be a finite"),
+    ("nan-speed-sigma", [*RUN, "systems.speed_sigma=nan"], "`systems.speed_sigma` to be a finite number"),
+    ("inf-overcommit", [*RUN, "systems.overcommit=inf"], "`systems.overcommit` to be a finite number but got inf"),
+    ("nan-deadline", [*RUN, "systems.deadline=nan"], "`systems.deadline` to be a finite number"),
+    ("nan-component-param", [*RUN, "aggregator.name=fedadam", "aggregator.server_lr=.nan"],
+     "Expected `aggregator.params.server_lr` to be a finite number but got nan"),
+    # Config files: empty, duplicate keys, not UTF-8.
+    ("empty-config", ["run", "{empty_yaml}"], "is empty (or only comments)"),
+    ("comment-only-config", ["run", "{comment_yaml}"], "is empty (or only comments)"),
+    ("duplicate-top-level-key", ["run", "{dup_yaml}"], "has the key `experiment` twice (lines 1 and 3)"),
+    ("duplicate-nested-key", ["run", "{dup_nested_yaml}"], "has the key `lr` twice (lines 3 and 4)"),
+    ("config-not-utf8", ["run", "{latin1_yaml}"], "is not UTF-8 text (byte 0xe9"),
+    # Overrides: YAML and interpolation errors.
+    ("override-bad-yaml", [*RUN, "train.lr=[1,"], "Override `train.lr=[1,` does not parse"),
+    ("override-bad-flow-map", [*RUN, "selector.params={{a: 1"], "Override `selector.params={a: 1` does not parse"),
+    ("override-unknown-interpolation", [*RUN, "train.lr=${{nope}}"], "`train.lr`"),
+    ("override-missing-env", [*RUN, "experiment=${{oc.env:CSFL_NO_SUCH_VAR}}"], "CSFL_NO_SUCH_VAR"),
+    # Paths that would leave the runs directory.
+    ("experiment-parent-path", [*RUN, "experiment=../../x"], "Expected `experiment` to be a plain folder name"),
+    ("experiment-absolute", [*RUN, "experiment=/tmp/elsewhere"], "`experiment` to be a plain folder name"),
+    ("experiment-from-env", [*RUN, "experiment=${{oc.env:HOME}}"], "`experiment` to be a plain folder name"),
+    ("run-name-absolute", [*RUN, "logging.run_name=/tmp/x"], "`logging.run_name` to be a plain folder name"),
+    ("run-name-dotdot", [*RUN, "logging.run_name=.."], "`logging.run_name` to be a plain folder name"),
+    # Run directories: one run per directory, no going back.
+    ("run-into-finished-run", [*RUN, "--run-dir", "{existing}"], "already holds a run"),
+    ("run-into-locked-dir", [*RUN, "--run-dir", "{locked}"], f"is in use by process {os.getpid()}"),
+    ("resume-locked-run", ["resume", "{locked}"], f"is in use by process {os.getpid()}"),
+    ("resume-below-checkpoint", ["resume", "{existing}", "rounds.num_rounds=1"],
+     "Expected `rounds.num_rounds` >= 2 (checkpoint `round-000002.pt` holds 2 finished rounds) but got 1"),
+    # Checkpoints that were tampered with.
+    ("resume-malicious-checkpoint", ["resume", "{malicious}"], "asks to load `posix.system`"),
+    ("resume-missing-keys", ["resume", "{missing_keys}"], "does not fit this run (KeyError: 'history')"),
+    ("resume-wrong-shapes", ["resume", "{wrong_shapes}"], "does not fit this run (ValueError: global_params["),
+    # Plug-ins: a selector breaking its contract in round 0 (nothing may be left behind), a model that does not
+    # fit the data, a module calling sys.exit on import.
+    ("selector-duplicate-ids", [*BROKEN, "selector.mode=duplicate"],
+     "Selector `test.broken` in round 0: selected a client twice"),
+    ("selector-out-of-range", [*BROKEN, "selector.mode=out_of_range"], "selected unavailable clients [10000]"),
+    ("selector-empty", [*BROKEN, "selector.mode=empty"], "returned 0 ids; it must return between 1 and k=4"),
+    ("selector-too-many", [*BROKEN, "selector.mode=too_many"], "returned 5 ids but k=4 (returned ids [0, 1, 2, 3, 4])"),
+    ("selector-float-ids", [*BROKEN, "selector.mode=float_ids"], "ids of dtype float64"),
+    ("selector-nan-weights", [*BROKEN, "selector.mode=nan_weights"], "returned non-finite `weights`"),
+    ("selector-negative-weights", [*BROKEN, "selector.mode=negative_weights"], "weights must be >= 0"),
+    ("selector-short-probs", [*BROKEN, "selector.mode=short_probs"], "returned `probs` of shape (1,) for 4 ids"),
+    ("selector-not-a-selection", [*BROKEN, "selector.mode=not_a_selection"], "in round 0: returned a list"),
+    ("model-does-not-fit", [*RUN, "train.model=test.wrong_input"], "`train.model=test.wrong_input` does not fit"),
+    ("model-for-other-inputs", [*RUN, "data.dataset=synthetic", "train.model=cnn"], "`train.model` `cnn`"),
+    ("plugin-calls-sys-exit", [*RUN, "selector.import=csfl_exit_on_import"], "it called sys.exit(3) on import"),
+    ("accelerator-unavailable", [*RUN, "fabric.accelerator=mps"], "`fabric.accelerator=mps`"),
+    # W&B would reject these names: refused before round 0, not at the first log.
+    ("wandb-bad-project", [*WANDB, "logging.project=team/project"], "`logging.project` to be a W&B project name"),
+    ("wandb-long-tag", [*WANDB, f"logging.tags=[{'t' * 65}]"], "`logging.tags[0]` to be a W&B tag of 1-64"),
+    ("wandb-empty-tag", [*WANDB, "logging.tags=['']"], "`logging.tags[0]` to be a W&B tag"),
+    # Trace files, corrupt summaries, comparisons.
+    ("trace-negative-id", [*RUN, "systems.availability=trace", "systems.trace={bad_trace}"], "client id -1 (row 3)"),
+    ("report-corrupt-summary", ["report", "{corrupt_summary}"], "summary.json` cannot be read (JSONDecodeError"),
+    ("runs-corrupt-summary", ["runs", "{corrupt_summary}"], "summary.json` cannot be read"),
+    ("compare-duplicate-method", ["compare", "{smoke}", "logging.dir={runs}", "--methods",
+                                  "heuristic.random,heuristic.random"], "lists `heuristic.random` more than once"),
+    ("compare-empty-methods", ["compare", "{smoke}", "logging.dir={runs}", "--methods", ","], "`--methods` is empty"),
+    ("compare-duplicate-seed", ["compare", "{smoke}", "logging.dir={runs}", "--seeds", "0,0"], "lists `0` more"),
 ]
+if not torch.cuda.is_available():
+    CASES.append(("accelerator-gpu-without-gpu", [*RUN, "fabric.accelerator=gpu"], "`fabric.accelerator=gpu`"))
+
+CONFIGS = {
+    "bad_yaml": "rounds:\n  num_rounds: [1, 2\n", "list_yaml": "- rounds\n- train\n", "empty_yaml": "",
+    "comment_yaml": "# nothing here yet\n   \n", "dup_yaml": "experiment: a\nseed: 0\nexperiment: b\n",
+    "dup_nested_yaml": "experiment: a\ntrain:\n  lr: 0.1\n  lr: 0.2\n",
+}
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A folder with a finished run and every broken file the table needs."""
+def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A folder with a finished run and every broken file the table needs (and the test plug-ins registered)."""
     tmp = tmp_path_factory.mktemp("bad_input")
     runs = tmp / "runs"
     assert main(["run", str(SMOKE), f"logging.dir={runs}", "rounds.num_rounds=2", "checkpoint.every_n_rounds=1",
                  "logging.wandb=disabled"]) == 0
-    existing = runs / "smoke" / "heuristic.random-seed0"
-    corrupt, no_ckpt, foreign = tmp / "corrupt", tmp / "no_ckpt", tmp / "foreign"
-    for d in (corrupt, foreign):
-        shutil.copytree(existing, d)
-    latest = sorted((corrupt / "checkpoints").iterdir())[-1]
-    latest.write_bytes(latest.read_bytes()[:300])  # truncated, as by a disk error
-    torch.save({"weights": torch.zeros(2)}, sorted((foreign / "checkpoints").iterdir())[-1])
-    no_ckpt.mkdir()
-    shutil.copy(existing / "config.yaml", no_ckpt / "config.yaml")
-    (tmp / "bad.yaml").write_text("rounds:\n  num_rounds: [1, 2\n")
-    (tmp / "list.yaml").write_text("- rounds\n- train\n")
+    (existing,) = (runs / "smoke").iterdir()
+    paths = {name: tmp / name for name in ("corrupt", "foreign", "no_ckpt", "locked", "malicious", "missing_keys",
+                                           "wrong_shapes")}
+    for name in ("corrupt", "foreign", "locked", "malicious", "missing_keys", "wrong_shapes"):
+        shutil.copytree(existing, paths[name])
+    latest = latest_checkpoint(existing)
+    assert latest is not None
+    broken = paths["corrupt"] / "checkpoints" / latest.name
+    broken.write_bytes(broken.read_bytes()[:300])  # truncated, as by a disk error
+    torch.save({"weights": torch.zeros(2)}, paths["foreign"] / "checkpoints" / latest.name)
+    _tamper(latest, paths)
+    paths["no_ckpt"].mkdir()
+    shutil.copy(existing / "config.yaml", paths["no_ckpt"] / "config.yaml")
+    for name, text in CONFIGS.items():
+        (tmp / f"{name}.yaml").write_text(text)
+    (tmp / "latin1_yaml.yaml").write_bytes("experiment: caf\u00e9\n".encode("latin-1"))
     (tmp / "a_file").write_text("not a folder\n")
-    return {"tmp": str(tmp), "runs": str(runs), "smoke": str(SMOKE), "existing": str(existing),
-            "corrupt": str(corrupt), "no_ckpt": str(no_ckpt), "foreign": str(foreign),
-            "bad_yaml": str(tmp / "bad.yaml"), "list_yaml": str(tmp / "list.yaml"), "a_file": str(tmp / "a_file")}
+    (tmp / "bad_trace.csv").write_text("client_id,start,end\n0,0,5\n-1,0,5\n")
+    summary_dir = tmp / "corrupt_summary" / "run"
+    summary_dir.mkdir(parents=True)
+    shutil.copy(existing / "config.yaml", summary_dir / "config.yaml")
+    (summary_dir / "summary.json").write_text('{"status": "succ')
+    plugins = tmp / "plugins"
+    plugins.mkdir()
+    (plugins / "csfl_exit_on_import.py").write_text("import sys\nsys.exit(3)\n")
+    sys.path.insert(0, str(plugins))
+    lock = RunLock(paths["locked"]).acquire()  # as a run in another process would hold it (same pid here)
+    bad_plugins.register()
+    yield {"tmp": str(tmp), "runs": str(runs), "smoke": str(SMOKE), "existing": str(existing),
+           "a_file": str(tmp / "a_file"), "bad_trace": str(tmp / "bad_trace.csv"),
+           "corrupt_summary": str(tmp / "corrupt_summary"), "latin1_yaml": str(tmp / "latin1_yaml.yaml"),
+           **{name: str(path) for name, path in paths.items()}, **{name: str(tmp / f"{name}.yaml") for name in CONFIGS}}
+    bad_plugins.unregister()
+    lock.release()
+    sys.path.remove(str(plugins))
+
+
+class _Evil:
+    """Unpickling this runs a shell command (what a tampered checkpoint would do): it creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def _tamper(latest: Path, paths: dict[str, Path]) -> None:
+    ckpt = load_checkpoint(latest)
+    state, meta = ckpt["state"], ckpt["meta"]
+    target = f"checkpoints/{latest.name}"
+    torch.save({"format": 2, "meta": meta, "state": _Evil(paths["malicious"] / "MARKER")}, paths["malicious"] / target)
+    save_checkpoint(paths["missing_keys"] / target, {k: v for k, v in state.items() if k != "history"}, meta)
+    key = next(iter(state["global_params"]))
+    save_checkpoint(paths["wrong_shapes"] / target,
+                    {**state, "global_params": {**state["global_params"], key: torch.zeros(3)}}, meta)
 
 
 def _tree(root: str) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+    # Folders too: a run directory left behind empty is something left behind.
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(Path(root).rglob("*")) if "__pycache__" not in p.parts}
 
 
 def test_the_table_is_big_enough() -> None:
-    assert len(CASES) >= 30
+    assert len(CASES) >= 30 + 40
     assert len({case_id for case_id, _, _ in CASES}) == len(CASES)
 
 
@@ -118,7 +243,18 @@ def test_bad_input_gives_one_line_and_exit_2(ctx: dict[str, str], capsys: Any, a
     assert lines[0].startswith("csfl-fabric: error: ")
     assert expected in lines[0]
     assert "Traceback" not in out + err
-    assert _tree(ctx["tmp"]) == before  # nothing existing overwritten, nothing new written
+    assert _tree(ctx["tmp"]) == before  # nothing existing overwritten, nothing new written (no run directory)
+
+
+def test_a_malicious_checkpoint_runs_nothing(ctx: dict[str, str], capsys: Any) -> None:
+    marker = Path(ctx["malicious"]) / "MARKER"
+    assert main(["resume", ctx["malicious"]]) == 2
+    assert "nothing in it ran" in capsys.readouterr().err
+    assert not marker.exists()
+    # The same file under the unsafe loader would have created the marker: the test's file is really malicious.
+    torch.load(latest_checkpoint(ctx["malicious"]), weights_only=False)  # type: ignore[arg-type]
+    assert marker.exists()
+    marker.unlink()
 
 
 def test_bad_input_in_a_real_process(ctx: dict[str, str]) -> None:

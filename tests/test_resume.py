@@ -34,7 +34,7 @@ BASE = ["rounds.num_rounds=12", "rounds.clients_per_round=4", "rounds.eval_every
 # written before `round` (data written, not yet renamed).
 DRIVER = """
 import os, signal, sys
-import csfl_fabric.engine.checkpoint as ck
+import csfl_fabric.engine.files as ck
 from csfl_fabric import run
 kill_round, kill_client = int(sys.argv[1]), int(sys.argv[2])
 def die(*_): os.kill(os.getpid(), signal.SIGKILL)

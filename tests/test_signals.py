@@ -15,6 +15,8 @@ import pytest
 
 from csfl_fabric import run
 from csfl_fabric.api import resume
+from csfl_fabric.build import run_name
+from csfl_fabric.config import load_config
 from csfl_fabric.engine.checkpoint import load_checkpoint
 from csfl_fabric.engine.resume import latest_checkpoint
 from csfl_fabric.errors import RunInterrupted
@@ -54,9 +56,10 @@ def test_sigterm_finishes_the_client_checkpoints_and_resumes_exactly(tmp_path: P
 
 
 def test_ctrl_c_on_the_cli_exits_130_with_a_resume_hint(tmp_path: Path, smoke: list[str]) -> None:
-    run_dir = tmp_path / "runs" / "smoke" / "heuristic.random-seed0"
+    over = [*smoke, "rounds.num_rounds=5000"]
+    run_dir = tmp_path / "runs" / "smoke" / run_name(load_config(SMOKE, over))  # the CLI's default folder
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "csfl_fabric", "run", str(SMOKE), *smoke, "rounds.num_rounds=5000"]
+    cmd = [sys.executable, "-m", "csfl_fabric", "run", str(SMOKE), *over]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not _rows(run_dir) >= 2:

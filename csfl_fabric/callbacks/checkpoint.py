@@ -36,6 +36,7 @@ class Checkpoint(Callback):
         self._orchestrator: Any = None
         self._snapshot: dict[str, Any] | None = None
         self._start = 0
+        self._failed = False  # a write failed (a full disk): the run ends; do not try again on the way out
 
     def on_run_start(self, state: Any, orchestrator: Any) -> None:
         """Remember the orchestrator and the round the run (re)starts at."""
@@ -53,7 +54,7 @@ class Checkpoint(Callback):
 
     def on_run_end(self, state: Any, orchestrator: Any = None) -> None:
         """Save the final state, or the current round's start state when the run ended inside a round."""
-        if self._orchestrator is None:
+        if self._orchestrator is None or self._failed:
             return
         inside_round = self._snapshot is not None and self._snapshot["round"] == state.round
         self._save(self._snapshot if inside_round else self._orchestrator.state_dict())  # type: ignore[arg-type]
@@ -61,6 +62,10 @@ class Checkpoint(Callback):
     def _save(self, state: dict[str, Any]) -> None:
         if self._orchestrator.fabric.global_rank != 0:
             return
-        self.bytes_written += save_checkpoint(checkpoint_path(self.dirpath, state["round"]), state, self.meta)
+        try:
+            self.bytes_written += save_checkpoint(checkpoint_path(self.dirpath, state["round"]), state, self.meta)
+        except BaseException:
+            self._failed = True
+            raise
         for old in list_checkpoints(self.dirpath)[: -self.keep]:
             old.unlink()

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from csfl_fabric.data.systems import TRAIN_FLOPS_PER_FORWARD
+from csfl_fabric.engine.files import atomic_write
 from csfl_fabric.engine.loggers import read_metrics, write_json
 from csfl_fabric.study.metrics import gini, label_coverage, normalized_entropy, participation_variance, summarize
 
@@ -86,7 +87,7 @@ class StudyMetrics(Callback):
         if info_path is not None and self._writes:
             info_path.parent.mkdir(parents=True, exist_ok=True)
             write_json(info_path, self.info)
-            (run_dir / "selection.csv").write_text("round,client_ids\n")
+            atomic_write(run_dir / "selection.csv", "round,client_ids\n")
 
     def _restore(self, run_dir: Path, start_round: int) -> None:
         rows = [r for r in read_selection(run_dir) if r[0] < start_round]
@@ -159,5 +160,5 @@ def read_selection(run_dir: Path) -> list[tuple[int, list[int]]]:
 
 def _write_selection(run_dir: Path, rows: list[tuple[int, list[int]]]) -> None:
     lines = [f"{r},{' '.join(map(str, ids))}\n" for r, ids in rows]
-    (run_dir / "selection.csv").write_text("round,client_ids\n" + "".join(lines))
+    atomic_write(run_dir / "selection.csv", "round,client_ids\n" + "".join(lines))
 

@@ -45,7 +45,10 @@ def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides:
             cfg = OmegaConf.merge(cfg, layer)  # type: ignore[assignment]
         except OmegaConfBaseException as e:
             raise _one_line(e) from None
-    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    try:  # `${...}` interpolations resolve here
+        config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise _one_line(e) from None
     for i, module in enumerate(config.plugins):
         import_plugin(module, key=f"plugins[{i}]")
     import_plugin(config.selector.module)
@@ -89,8 +92,10 @@ def import_plugin(module: str | None, key: str = "selector.import") -> None:
         sys.path.append(os.getcwd())
     try:
         importlib.import_module(module)
-    except Exception as e:  # any failure inside user code is reported as one line naming the key
+    except (Exception, SystemExit) as e:  # any failure inside user code (sys.exit too) is one line naming the key
         reason = " ".join(f"{type(e).__name__}: {e}".split())
+        if isinstance(e, SystemExit):
+            reason = f"it called sys.exit({e.code!r}) on import"
         raise ConfigError(f"Could not import `{key}={module}` ({reason}): put the module on PYTHONPATH "
                           "(e.g. run from its folder) and check that it imports.") from None
 
@@ -114,16 +119,50 @@ def _read_source(source: str | Path | Mapping[str, Any] | None) -> dict[str, Any
     if not path.is_file():
         raise ConfigError(f"Config file `{path}` does not exist. Pass a YAML file, e.g. configs/quickstart.yaml.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"Config file `{path}` is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}); save it as UTF-8.") from None
+    except DuplicateKeyError as e:
+        raise ConfigError(f"Config file `{path}` has the key `{e.key}` twice (lines {e.first} and {e.second}); "
+                          "keep one of them.") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
         raise ConfigError(f"Config file `{path}` is not valid YAML{line}: {getattr(e, 'problem', e)}.") from None
-    if data is None:
-        return {}
+    if data is None or data == {}:
+        # An empty file is almost always a mistake (a wrong path, an unsaved editor buffer): running every
+        # default silently would hide it. Defaults on purpose: `load_config(None)` or `{}` in Python.
+        raise ConfigError(f"Config file `{path}` is empty (or only comments): give at least `experiment:` and the "
+                          "keys you change, e.g. start from configs/quickstart.yaml.")
     if not isinstance(data, dict):
         raise ConfigError(f"Config file `{path}` must hold a mapping of keys, but holds a {type(data).__name__}.")
     return data
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of a YAML file names a key twice (plain YAML would silently keep the last one)."""
+
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"duplicate key {key!r} (lines {first} and {second})")
+        self.key, self.first, self.second = key, first, second
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping, naming the key and both lines."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """Check the mapping's own keys (``<<`` merges may still be overridden), then construct it."""
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKeyError(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _plain(mapping: Mapping[str, Any]) -> dict[str, Any]:
@@ -136,8 +175,15 @@ def _parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         raise ConfigError(f"Override `{bad[0]}` is not of the form key=value (e.g. rounds.num_rounds=5).")
     try:
         return _plain(OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides))))  # type: ignore[arg-type]
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"Could not parse the overrides {list(overrides)}: {str(e).splitlines()[0]}.") from None
+    except (OmegaConfBaseException, yaml.YAMLError):
+        for o in overrides:  # name the one override that does not parse
+            try:
+                OmegaConf.from_dotlist([o])
+            except (OmegaConfBaseException, yaml.YAMLError) as e:
+                reason = " ".join(str(getattr(e, "problem", None) or e).split())
+                raise ConfigError(f"Override `{o}` does not parse ({reason}); fix its value, or quote it in the "
+                                  "shell to pass it as a string.") from None
+        raise
 
 
 def _section(tree: dict[str, Any], path: str) -> dict[str, Any] | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 from csfl_fabric.config.schema import CHOICES, Config, SystemsConfig
@@ -21,6 +23,8 @@ from csfl_fabric.registry import (
 def validate(config: Config) -> None:
     """Check value ranges, choices and component names; raise one clear error for the first problem."""
     c = config
+    _check_finite(c)
+    _check_names(c)
     _at_least("seed", c.seed, 0)
     _at_least("data.num_clients", c.data.num_clients, 1)
     _at_least("rounds.num_rounds", c.rounds.num_rounds, 1)
@@ -117,6 +121,43 @@ def _validate_systems(s: SystemsConfig) -> None:
         raise ConfigError(f"Expected `systems.deadline` to be > 0 seconds or null but got {s.deadline}.")
     if not s.overcommit >= 1:
         raise ConfigError(f"Expected `systems.overcommit` to be >= 1 (e.g. 1.3 as in Oort) but got {s.overcommit}.")
+
+
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """NaN passes every ``> 0`` check (all comparisons with it are false) and inf breaks arithmetic: refuse both.
+
+    Every float of the schema must be finite; inside component ``params`` only NaN is refused (a component may
+    give inf a meaning, e.g. no limit).
+    """
+    items = [(f.name, getattr(node, f.name)) for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) \
+        else list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+    in_params = isinstance(node, dict)
+    for name, value in items:
+        key = f"{prefix}[{name}]" if isinstance(name, int) else f"{prefix}.{name}" if prefix else str(name)
+        if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and not in_params)):
+            raise ConfigError(f"Expected `{key}` to be a finite number but got {value}.")
+        if dataclasses.is_dataclass(value) or isinstance(value, (dict, list)):
+            _check_finite(value, key)
+
+
+def _check_names(c: Config) -> None:
+    # Both become folder names under logging.dir: a path there would write the run somewhere else entirely.
+    for key, value in (("experiment", c.experiment), ("logging.run_name", c.logging.run_name)):
+        if value is not None and (value in ("", ".", "..") or any(ch in value for ch in "/\\\0") or
+                                  value.startswith("~")):
+            raise ConfigError(f"Expected `{key}` to be a plain folder name (no `/`, `..` or `~`; the run goes under "
+                              f"logging.dir={c.logging.dir!r}) but got {value!r}.")
+    if c.logging.wandb == "disabled":
+        return
+    # W&B's own rules, checked here so that a bad name stops the run before round 0, not at its first log.
+    bad = sorted(set("/\\#?%:") & set(c.logging.project))
+    if not c.logging.project or len(c.logging.project) > 128 or bad:
+        raise ConfigError(f"Expected `logging.project` to be a W&B project name (1-128 characters, none of "
+                          f"/ \\ # ? % :) but got {c.logging.project!r}.")
+    for i, tag in enumerate(c.logging.tags):
+        if not 1 <= len(str(tag)) <= 64:
+            raise ConfigError(f"Expected `logging.tags[{i}]` to be a W&B tag of 1-64 characters but got "
+                              f"{str(tag)!r} ({len(str(tag))} characters).")
 
 
 def _at_least(key: str, value: int, low: int) -> None:

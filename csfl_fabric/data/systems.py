@@ -94,17 +94,26 @@ def read_profiles(path: str, num_clients: int) -> tuple[np.ndarray, np.ndarray]:
     return speed, bandwidth
 
 
-def read_trace(path: str) -> np.ndarray:
+def read_trace(path: str, num_clients: int | None = None) -> np.ndarray:
     """Online windows from a CSV ``client_id,start,end``: client online during ``[start, end)``.
 
     Times are round indices or simulated seconds (``systems.trace_unit``); a client may have several rows
     and is offline whenever no window covers the time. Returns an array of rows ``(client_id, start, end)``.
+    As with profiles, rows of ids >= ``num_clients`` are dropped, so one trace serves smaller populations.
+
+    Raises:
+        ConfigError: a missing file or column, a client id that is not a whole number >= 0, or end < start.
     """
     rows = _read_csv(path, "systems.trace", ("client_id", "start", "end"))
+    ids = rows[:, 0]
+    bad = ~np.isfinite(ids) | (ids < 0) | (ids != np.round(ids))
+    if bad.any():
+        raise ConfigError(f"`systems.trace` file `{path}` has the client id {ids[bad.argmax()]:g} (row "
+                          f"{int(bad.argmax()) + 2}); ids are whole numbers from 0 to data.num_clients - 1.")
     if (rows[:, 2] < rows[:, 1]).any():
         raise ConfigError(f"`systems.trace` file `{path}` has a window with end < start (row "
                           f"{int((rows[:, 2] < rows[:, 1]).argmax()) + 2}).")
-    return rows
+    return rows if num_clients is None else rows[ids < num_clients]
 
 
 @dataclass(frozen=True)

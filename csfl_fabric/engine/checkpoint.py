@@ -1,25 +1,36 @@
-"""The checkpoint format: files written atomically, listed and read back.
+"""The checkpoint format: files written atomically, listed and read back safely.
 
 A checkpoint is ``{"format", "meta", "state"}`` saved with `torch.save`: ``state`` is the
 orchestrator's ``state_dict()`` (anything with ``state_dict``/``load_state_dict`` works) and ``meta``
 what the writer wants to check on resume (the config hash). Files are ``round-000012.pt`` under the
-run's ``checkpoints/``; a temporary file is written, fsynced and renamed, so a kill during the write
+run's ``checkpoints/``, written through `csfl_fabric.engine.files.atomic_write`, so a kill during the write
 leaves the previous checkpoint as the latest one.
+
+Loading uses ``torch.load(weights_only=True)``: a checkpoint someone hands you cannot run code. What the safe
+loader does not accept is stored in a form it does: NumPy arrays and scalars (selector state, the NumPy
+generator's state) become ``{"__csfl_numpy__": dtype, shape, raw bytes}`` and are rebuilt exactly on load.
 """
 
 from __future__ import annotations
 
-import os
+import io
+import pickle
 import re
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from csfl_fabric.errors import CheckpointError
+from csfl_fabric.engine.files import DISK_FULL, atomic_write
+from csfl_fabric.errors import CheckpointError, DiskFullError
 
-FORMAT = 1
+FORMAT = 2  # 2: NumPy values encoded for the safe loader (format 1 pickled them)
 _NAME = re.compile(r"round-(\d+)\.pt")
+_NUMPY = "__csfl_numpy__"
+_PLAIN = (str, int, float, bool, bytes, type(None), torch.Tensor, torch.dtype, torch.device)
 
 
 def checkpoint_path(dirpath: str | Path, round_idx: int) -> Path:
@@ -36,47 +47,95 @@ def list_checkpoints(dirpath: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def encode(obj: Any, where: str = "state") -> Any:
+    """``obj`` with every NumPy array and scalar replaced by a form ``torch.load(weights_only=True)`` accepts.
+
+    >>> decode(encode({"a": np.arange(3, dtype=np.uint32)}))["a"]
+    array([0, 1, 2], dtype=uint32)
+
+    Raises:
+        TypeError: ``obj`` holds something else the safe loader would refuse (named by its path).
+    """
+    if isinstance(obj, (np.ndarray, np.generic)):
+        a = np.asarray(obj)
+        if a.dtype.hasobject:
+            raise TypeError(f"Checkpoint value `{where}` is a NumPy array of Python objects; store numbers.")
+        return {_NUMPY: (a.dtype.str, list(a.shape), a.tobytes(), isinstance(obj, np.generic))}
+    if isinstance(obj, _PLAIN):
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: encode(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [encode(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    raise TypeError(f"Checkpoint value `{where}` is a {type(obj).__name__}; a `state_dict()` may hold tensors, "
+                    "NumPy arrays, numbers, strings, bytes, None, lists, tuples and dicts.")
+
+
+def decode(obj: Any) -> Any:
+    """Undo `encode`."""
+    if isinstance(obj, dict):
+        if _NUMPY in obj and len(obj) == 1:
+            dtype, shape, raw, scalar = obj[_NUMPY]
+            a = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
+            return a[()] if scalar else a
+        return {k: decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(decode(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any], meta: dict[str, Any] | None = None) -> int:
-    """Write a checkpoint atomically (temporary file, fsync, rename); returns its size in bytes."""
+    """Write a checkpoint atomically (temporary file, fsync, rename); returns its size in bytes.
+
+    The file is serialised in memory first, so that a full disk surfaces as one `DiskFullError` naming the
+    file (torch's own writer reports it as an internal zip error).
+
+    Raises:
+        DiskFullError: no space left (or the file-size limit reached); the previous checkpoint is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "meta": encode(meta or {}, "meta"), "state": encode(state)}, buffer)
     try:
-        with tmp.open("wb") as fh:
-            torch.save({"format": FORMAT, "meta": meta or {}, "state": state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)  # the rename itself must survive a power cut
+        atomic_write(path, buffer.getbuffer())
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            last = [p for p in list_checkpoints(path.parent) if p != path]
+            raise DiskFullError(e.errno, e.strerror or "", str(path), last[-1] if last else None) from None
+        raise
     return path.stat().st_size
 
 
-def _fsync_dir(dirpath: Path) -> None:
-    fd = os.open(dirpath, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU.
+    """Read a checkpoint onto the CPU with the safe loader (nothing in the file is executed).
 
     Raises:
-        CheckpointError: the file is missing, truncated, not a checkpoint, or of an unknown format.
+        CheckpointError: the file is missing, truncated, not a checkpoint, of an unknown format, or holds
+            objects the safe loader refuses (as a tampered or foreign file would).
     """
     path = Path(path)
     fix = f"delete `{path}` to resume from the previous checkpoint, or start a new run"
     try:
-        # Not weights_only: the state holds NumPy arrays and generator states; it is our own file.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():  # a raw pickle (not a torch file) also warns about its protocol: one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"Checkpoint `{path}` does not exist.") from None
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+    except pickle.UnpicklingError as e:
+        culprit = re.search(r"GLOBAL (\S+)", str(e))
+        if "Weights only load failed" not in str(e) or culprit is None:
+            raise CheckpointError(f"Checkpoint `{path}` is corrupt or not a checkpoint (UnpicklingError); {fix}.") \
+                from None
+        # The safe loader refused a global: a tampered or foreign file (or one of format 1, which pickled NumPy).
+        raise CheckpointError(f"Checkpoint `{path}` asks to load `{culprit.group(1)}`, which a checkpoint never "
+                              f"holds; it was refused and nothing in it ran. Do not trust this file; {fix}.") from None
+    except Exception as e:  # noqa: BLE001 - truncated, garbage, not a zip: all mean the same to the user
         raise CheckpointError(f"Checkpoint `{path}` is corrupt or not a checkpoint ({type(e).__name__}); {fix}.") \
             from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "state" not in ckpt:
         raise CheckpointError(f"`{path}` is not a csfl_fabric checkpoint of format {FORMAT}; {fix}.")
-    return ckpt
+    return decode(ckpt)

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import json
 import os
+import secrets
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from lightning.fabric.loggers.logger import Logger
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
+from csfl_fabric.engine.files import atomic_open, atomic_write
+from csfl_fabric.engine.resume import WANDB_ID_FILE
 from csfl_fabric.state import Selection
 
 #: Columns that differ between identical runs (wall-clock times, memory readings) go to side files by key
@@ -21,6 +27,7 @@ from csfl_fabric.state import Selection
 WALL_PREFIX = "time/wall"
 MEMORY_PREFIX = "mem/"
 SIDE_FILES: dict[str, tuple[str, ...]] = {"timing.csv": (WALL_PREFIX,), "system.csv": (MEMORY_PREFIX,)}
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CSVMetricsLogger(Logger):
@@ -94,12 +101,10 @@ class _CSVFile:
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         self.close()
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as fh:
+        with atomic_open(self.path, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=self.header)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
     def append(self, row: dict[str, Any]) -> None:
         row = {k: _fmt(v) for k, v in row.items()}
@@ -108,10 +113,13 @@ class _CSVFile:
             self.header += new
             self._rewrite([*self._rows(), row])
             return
-        if self._fh is None:
-            self._fh = self.path.open("a", newline="")
-        csv.DictWriter(self._fh, fieldnames=self.header).writerow(row)
-        self._fh.flush()
+        try:
+            if self._fh is None:
+                self._fh = self.path.open("a", newline="")
+            csv.DictWriter(self._fh, fieldnames=self.header).writerow(row)
+            self._fh.flush()
+        except OSError as e:  # name the file: a full disk is reported as "while writing <file>"
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
 
     def close(self) -> None:
         if self._fh is not None:
@@ -135,11 +143,25 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write ``data`` as JSON atomically (`csfl_fabric.engine.files.atomic_write`)."""
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _never_fails(method: F) -> F:
+    """A W&B call that raises drops the W&B run (offline next, then none) and is retried: W&B never ends a run."""
+
+    @functools.wraps(method)
+    def call(self: WandbLogger, *args: Any, **kwargs: Any) -> Any:
+        for _ in range(3):  # at most: the mode it is in, offline, no-op
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - logging is never worth a run
+                if self.mode == "disabled" and self._run is not None:
+                    return None
+                self._lost(e)
+        return None
+
+    return call  # type: ignore[return-value]
 
 
 class WandbLogger(Logger):
@@ -150,6 +172,7 @@ class WandbLogger(Logger):
     W&B is imported and initialised lazily on the first log. ``online`` with no network or no API
     key falls back to ``offline`` with one warning (short init timeout), so a run never waits ~100 s
     or dies for want of an account. Offline runs land in ``<run_dir>/wandb/`` for a later ``wandb sync``.
+    No W&B failure ends a run: a failed init or call falls back to offline, then to no W&B (`_never_fails`).
 
     Args:
         mode: ``offline``, ``online`` or ``disabled``; the ``WANDB_MODE`` environment variable wins if set.
@@ -192,32 +215,72 @@ class WandbLogger(Logger):
         import wandb
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        settings = wandb.Settings(init_timeout=self.init_timeout, console="off", silent=True,
-                                  disable_git=True, disable_job_creation=True, x_disable_stats=True)
-        kwargs = {k: v for k, v in self.init_kwargs.items() if v is not None}
-        resume = "allow" if kwargs.get("id") else None
-        try:
-            run = wandb.init(mode=self.mode, project=self.project, dir=str(self.run_dir), settings=settings,
-                             resume=resume, reinit="create_new", **kwargs)
-        except Exception as e:  # noqa: BLE001 - any failure to reach W&B online must not kill the run
-            if self.mode != "online":
-                raise
-            warnings.warn(f"W&B online init failed ({type(e).__name__}: {e}); logging offline instead. "
-                          f"Upload later with `wandb sync {self.run_dir / 'wandb'}`.", stacklevel=2)
-            self.mode = "offline"
-            run = wandb.init(mode="offline", project=self.project, dir=str(self.run_dir), settings=settings,
-                             resume=resume, reinit="create_new", **kwargs)
+        run = self._start(wandb)
         run.define_metric("round")
         run.define_metric("*", step_metric="round")
         return run
 
+    def _start(self, wandb: Any) -> Any:
+        """``wandb.init`` in ``self.mode``; if that fails, offline (same id, then a fresh one), then a no-op run.
+
+        After an online init times out W&B refuses the same id offline in this process ("run ID ... is in use"),
+        hence the fresh id, which is written to ``wandb_id`` so that a resume continues that (offline) run.
+        Whatever fails, the run goes on, with one warning saying where its W&B data went.
+        """
+        settings = wandb.Settings(init_timeout=self.init_timeout, console="off", silent=True,
+                                  disable_git=True, disable_job_creation=True, x_disable_stats=True)
+        kwargs = {k: v for k, v in self.init_kwargs.items() if v is not None and k != "id"}
+        run_id = self.init_kwargs.get("id")
+        attempts = [(self.mode, run_id)]
+        if self.mode != "disabled":
+            attempts += [*([("offline", run_id)] if self.mode == "online" else []),
+                         ("offline", secrets.token_hex(4)), ("disabled", None)]
+        failures: list[str] = []
+        for mode, attempt_id in attempts:
+            try:
+                run = wandb.init(mode=mode, project=self.project, dir=str(self.run_dir), settings=settings,
+                                 id=attempt_id, resume="allow" if attempt_id else None, reinit="create_new", **kwargs)
+            except Exception as e:  # noqa: BLE001 - no W&B failure may end a run
+                failures.append(f"{mode}: {type(e).__name__}: {' '.join(str(e).split())[:160]}")
+                continue
+            if failures:
+                self._fell_back(mode, attempt_id, failures)
+            self.mode = mode
+            return run
+        raise RuntimeError(f"W&B could not start even a disabled run: {failures}")  # pragma: no cover
+
+    def _fell_back(self, mode: str, run_id: str | None, failures: list[str]) -> None:
+        if mode == "offline":
+            where = (f"logging offline instead{f' (run id {run_id})' if run_id else ''}; upload later with "
+                     f"`wandb sync {self.run_dir / 'wandb'}`")
+            id_file = self.run_dir / WANDB_ID_FILE
+            if run_id != self.init_kwargs.get("id") and id_file.exists():
+                atomic_write(id_file, f"{run_id}\n")
+                self.init_kwargs["id"] = run_id
+        else:
+            where = "W&B is off for the rest of this run (metrics.csv still has every round)"
+        warnings.warn(f"W&B failed ({'; '.join(failures)}); {where}.", stacklevel=3)
+
+    def _lost(self, error: Exception) -> None:
+        """A live W&B run failed mid-run: drop it; the next use starts offline (or a no-op run if offline failed)."""
+        run, self._run = self._run, None
+        with contextlib.suppress(Exception):
+            if run is not None:
+                run.finish(exit_code=1)
+        self.mode = "offline" if self.mode == "online" else "disabled"
+        self.init_kwargs["id"] = secrets.token_hex(4) if self.mode == "offline" else None
+        warnings.warn(f"W&B failed mid-run ({type(error).__name__}: {' '.join(str(error).split())[:160]}); "
+                      f"continuing {'offline' if self.mode == 'offline' else 'without W&B'}.", stacklevel=3)
+
     @override
     @rank_zero_only
+    @_never_fails
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         self.experiment.config.update(params, allow_val_change=True)
 
     @override
     @rank_zero_only
+    @_never_fails
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.experiment.log({**metrics, "round": step})
 
@@ -236,12 +299,14 @@ class WandbLogger(Logger):
         self.selection_rows.extend([round_idx, *row] for row in rows)
 
     @rank_zero_only
+    @_never_fails
     def set_summary(self, summary: dict[str, Any]) -> None:
         """Set run-level summary values (best accuracy, time to accuracy, ...)."""
         for k, v in summary.items():
             self.experiment.summary[k] = v
 
     @override
+    @_never_fails
     def finalize(self, status: str) -> None:
         if self.selection_rows:
             import wandb

@@ -127,16 +127,30 @@ class Orchestrator:
             status = "interrupted"
             raise
         finally:
-            self.call("on_run_end", state=state, orchestrator=self)
-            self.summary.update(rounds_completed=state.round, stop_reason=state.stop_reason, status=status,
-                                wall_seconds=time.perf_counter() - started, selector=self.selector_key,
-                                sim_total_s=self.systems.total_s, **participation_summary(state.history))  # type: ignore[arg-type]
+            try:
+                self.call("on_run_end", state=state, orchestrator=self)
+            except BaseException:
+                status = "failed"  # e.g. the final checkpoint hit a full disk: still write the summary below
+                raise
+            finally:
+                self._write_summary(state, status, time.perf_counter() - started)
+        return state
+
+    def _write_summary(self, state: RunState, status: str, wall_seconds: float) -> None:
+        self.summary.update(rounds_completed=state.round, stop_reason=state.stop_reason, status=status,
+                            wall_seconds=wall_seconds, selector=self.selector_key,
+                            sim_total_s=self.systems.total_s, **participation_summary(state.history))  # type: ignore[arg-type]
+        try:
             if self.run_dir is not None and self.is_writer:
                 write_json(self.run_dir / "summary.json", self.summary)
                 write_participation_csv(state.history, self.run_dir / "participation.csv")  # type: ignore[arg-type]
+        except OSError:
+            if status == "success":
+                raise
+            # The run is already failing (e.g. a full disk): its own error is the one to report.
+        finally:
             for logger in self.fabric.loggers:
                 logger.finalize(status)
-        return state
 
     @property
     def is_writer(self) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from csfl_fabric.engine.files import atomic_open
 from csfl_fabric.state import ClientHistory, Selection
 
 
@@ -62,7 +63,7 @@ def participation_summary(history: ClientHistory) -> dict[str, float]:
 
 def write_participation_csv(history: ClientHistory, path: str | Path) -> None:
     """One row per client: ``client_id,selected,completed,dropped``."""
-    with Path(path).open("w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["client_id", "selected", "completed", "dropped"])
         rows = zip(*(getattr(history, key).tolist() for key in history.COUNTS), strict=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from csfl_fabric.errors import ConfigError
+from csfl_fabric.errors import ConfigError, SelectorError
 from csfl_fabric.state import Feedback, Selection, SelectionContext
 
 
@@ -47,19 +47,47 @@ class ClientSelector(ABC):
 
 
 def check_selection(selection: Selection, ctx: SelectionContext, key: str, allows_duplicates: bool = False) -> None:
-    """Raise ValueError, naming the selector ``key``, if ``selection`` breaks the contract."""
+    """Raise `SelectorError`, naming the selector ``key`` and what it returned, if ``selection`` breaks the contract.
+
+    The contract: a `Selection` of 1 to ``ctx.k`` integer ids from ``ctx.available`` (no id twice unless the
+    selector ``allows_duplicates``), with ``probs``/``scores``/``weights`` (when given) one number per id,
+    ``probs`` and ``weights`` finite, and ``weights`` >= 0 with a positive sum.
+    """
+    if not isinstance(selection, Selection):
+        raise SelectorError(f"Selector `{key}` in round {ctx.round}: returned a {type(selection).__name__}; "
+                            "`select` must return a csfl_fabric.state.Selection.")
     ids = np.asarray(selection.ids)
+    shown = np.array2string(ids.ravel()[:10], separator=", ") + (" ..." if ids.size > 10 else "")
     problem = ""
     if ids.ndim != 1 or len(ids) == 0:
-        problem = f"returned {len(ids.ravel())} ids; it must return between 1 and k={ctx.k}"
+        problem = f"returned {ids.size} ids; it must return between 1 and k={ctx.k}"
+    elif ids.dtype.kind not in "iu":
+        problem = f"returned ids of dtype {ids.dtype}; ids must be integers"
     elif len(ids) > ctx.k:
         problem = f"returned {len(ids)} ids but k={ctx.k}"
     elif not np.isin(ids, ctx.available).all():
         problem = f"selected unavailable clients {sorted(set(ids.tolist()) - set(ctx.available.tolist()))[:5]}"
     elif not allows_duplicates and len(np.unique(ids)) != len(ids):
         problem = "selected a client twice"
+    else:
+        problem = _extras_problem(selection, len(ids))
     if problem:
-        raise ValueError(f"Selector `{key}` {problem} in round {ctx.round}.")
+        raise SelectorError(f"Selector `{key}` in round {ctx.round}: {problem} (returned ids {shown}).")
+
+
+def _extras_problem(selection: Selection, n: int) -> str:
+    for name in ("probs", "scores", "weights"):
+        values = getattr(selection, name)
+        if values is None:
+            continue
+        v = np.asarray(values, dtype=float) if np.asarray(values).dtype.kind in "biuf" else None
+        if v is None or v.shape != (n,):
+            return f"returned `{name}` of shape {np.shape(values)} for {n} ids; give one number per id"
+        if name != "scores" and not np.isfinite(v).all():  # a score may be inf (an unexplored client)
+            return f"returned non-finite `{name}` {v.tolist()[:5]}"
+        if name == "weights" and ((v < 0).any() or v.sum() <= 0):
+            return f"returned `weights` {v.tolist()[:5]}; weights must be >= 0 with a positive sum"
+    return ""
 
 
 def check_param(name: str, value: object, ok: bool, hint: str) -> None:

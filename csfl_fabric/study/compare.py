@@ -97,6 +97,9 @@ def plan(
     """
     source = to_dict(config) if isinstance(config, Config) else config
     base = load_config(source, overrides)
+    _check_list("--methods", methods)
+    _check_list("compare.methods", base.compare.methods)
+    _check_list("--seeds", seeds)
     methods = list(methods or base.compare.methods or [base.selector.name])
     seeds = list(seeds if seeds is not None else base.compare.seeds)
     grid = {**base.compare.sweep, **(sweep or {})}
@@ -112,6 +115,19 @@ def plan(
         cfg.logging.tags = [method, f"seed{seed}", *point]
         specs.append(RunSpec(method=method, seed=seed, point=point, run_dir=exp_dir / name, config=cfg))
     return base, specs
+
+
+def _check_list(key: str, values: Sequence[Any] | None) -> None:
+    # A repeated method would count as extra seeds of that method; an empty --methods (`--methods ,`) would
+    # silently fall back to the config's selector.
+    if values is None:
+        return
+    if key.startswith("--") and not values:
+        raise ConfigError(f"`{key}` is empty; give a comma-separated list (e.g. --methods "
+                          "heuristic.random,heuristic.pow_d or --seeds 0,1,2).")
+    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+    if repeated:
+        raise ConfigError(f"`{key}` lists {', '.join(f'`{v}`' for v in repeated)} more than once; give each once.")
 
 
 def run_status(run_dir: Path) -> str:

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from csfl_fabric.callbacks.study import read_selection
+from csfl_fabric.engine.files import atomic_open
 from csfl_fabric.study.metrics import SIM_TIME
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def _curve(records: Sequence[RunRecord], y: str, x: str, ylabel: str, path: Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     return path
 
 
@@ -82,8 +83,13 @@ def _participation(records: Sequence[RunRecord], path: Path) -> Path:
         ax.set_xlabel("rounds selected")
     axes[0].set_ylabel("clients (all seeds)")
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     return path
+
+
+def _save(fig: Figure, path: Path) -> None:
+    with atomic_open(path, "wb") as fh:  # a report rebuilt over an old one never leaves half a plot
+        fig.savefig(fh, format=path.suffix[1:])
 
 
 def selection_counts(run_dir: Path) -> np.ndarray:

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from csfl_fabric.engine.loggers import read_metrics
+from csfl_fabric.errors import ConfigError
 from csfl_fabric.study.metrics import as_targets
 
 
@@ -58,15 +59,29 @@ def load_run(run_dir: Path) -> RunRecord | None:
     """Read one run directory (None if it holds no config.yaml)."""
     if not (run_dir / "config.yaml").exists():
         return None
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    method, seed = config["selector"]["name"], int(config["seed"])
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    config = _read(run_dir / "config.yaml", yaml.safe_load)
+    try:
+        method, seed = config["selector"]["name"], int(config["seed"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"`{run_dir / 'config.yaml'}` is not a run's config (no selector.name or seed); move "
+                          "it out of the runs directory.") from None
+    summary = _read(run_dir / "summary.json", json.loads) if (run_dir / "summary.json").exists() else {}
     rows = read_metrics(run_dir) if (run_dir / "metrics.csv").exists() else []
     # A comparison tags its runs [method, seed<k>, *sweep point]; other runs have no sweep point.
     tags = config.get("logging", {}).get("tags") or []
     point = " ".join(tags[2:]) if tags[:2] == [method, f"seed{seed}"] else ""
     targets = as_targets(config.get("rounds", {}).get("target_accuracy"))
     return RunRecord(run_dir, method, point, seed, summary.get("status", "unfinished"), summary, rows, targets)
+
+
+def _read(path: Path, parse: Any) -> Any:
+    # A file broken by hand or by a disk error: one line naming it, not a traceback from the parser.
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except (ValueError, yaml.YAMLError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = str(e).splitlines()[0]
+        raise ConfigError(f"`{path}` cannot be read ({type(e).__name__}: {reason}); fix or delete it (a run's "
+                          "summary.json is rewritten when it is resumed).") from None
 
 
 def load_runs(directory: str | Path, only: Sequence[Path] | None = None) -> list[RunRecord]:

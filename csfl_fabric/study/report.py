@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from csfl_fabric.engine.files import atomic_open, atomic_write
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.study.markdown import render
 from csfl_fabric.study.plots import make_plots
@@ -137,7 +138,7 @@ def build_report(directory: str | Path, baseline: str | None = None, test: str =
                                    "status": r.status, **{m: r.summary.get(m, "") for m in metrics}} for r in records])
     plots = make_plots([r for r in records if r.status == "success"], out, fmt)
     report = Report(out, table, tests, plots, unit, chosen, note, runs, ranking)
-    (out / "report.md").write_text(render(report, records, baseline, test))
+    atomic_write(out / "report.md", render(report, records, baseline, test))
     return report
 
 
@@ -160,7 +161,7 @@ def _summary_rows(table: dict[str, dict[str, tuple[float, float, int]]], runs: d
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     header = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
