@@ -192,8 +192,10 @@ def _schema_type(path: str) -> str:
 
 
 #: Keys that may differ between a checkpoint's run and its resume: they do not change what is computed.
-#: (``rounds.num_rounds`` may grow, to extend a finished run.)
-HASH_EXCLUDED = ("resume", "logging", "checkpoint", "memory", "rounds.num_rounds", "callbacks")
+#: (``rounds.num_rounds`` may grow, to extend a finished run; ``compare.jobs`` and ``launcher`` decide where a run
+#: goes, not what it computes, and leave the hashes of configs from before they existed unchanged.)
+HASH_EXCLUDED = ("resume", "logging", "checkpoint", "memory", "rounds.num_rounds", "callbacks", "compare.jobs",
+                 "launcher")
 
 
 def config_hash(config: Config) -> str:
