@@ -10,6 +10,7 @@ its own device. SLURM goes through submitit (`csfl_fabric.study.slurm`, the opti
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import signal
@@ -75,7 +76,9 @@ def launch_settings(base: Config, jobs: int | None = None, launcher: str | None 
     overrides = [f"compare.jobs={jobs}"] if jobs is not None else []
     overrides += [f"launcher.name={launcher}"] if launcher is not None else []
     overrides += [f"launcher.wait={wait}"] if wait is not None else []
-    overrides += [f"launcher.slurm.{k}={v}" for k, v in (slurm or {}).items() if v is not None]
+    # Strings are quoted: YAML would read an unquoted 2:00:00 as the number 7200 (base 60).
+    overrides += [f"launcher.slurm.{k}={json.dumps(v) if isinstance(v, str) else v}"
+                  for k, v in (slurm or {}).items() if v is not None]
     cfg = load_config(yaml.safe_load(to_yaml(base)), overrides) if overrides else base
     if cfg.launcher.name != "local":
         timeout_minutes(cfg.launcher.slurm.time)  # a bad time fails now, not at submission
