@@ -64,7 +64,7 @@ def tail_rows(metrics_csv: str | Path) -> list[dict[str, str]]:
         return []
     # The first line may be cut by the seek and the last one may still be being written: keep whole rows only.
     rows = [ln.split(",") for ln in lines]
-    return [dict(zip(header, r)) for r in rows if len(r) == len(header) and r != header and r[0].isdigit()]
+    return [dict(zip(header, r, strict=True)) for r in rows if len(r) == len(header) and r != header and r[0].isdigit()]
 
 
 class StudyView:
