@@ -63,7 +63,8 @@ class StudyRun(Checkpointable):
     Args:
         config: the run's resolved config as a nested dict (its plugins are imported again in the job).
         run_dir: the run's fixed directory (on a file system the cluster's nodes share).
-        requeued: set on the copy that submitit requeues: resume from the run's checkpoint, else start again.
+        requeued: set on the copy that submitit requeues (shown in its log). Every start, requeued or not, resumes
+            the run's checkpoint if there is one and otherwise starts the run afresh.
     """
 
     def __init__(self, config: Mapping[str, Any], run_dir: str, requeued: bool = False) -> None:
@@ -78,14 +79,15 @@ class StudyRun(Checkpointable):
         from csfl_fabric.engine.resume import latest_checkpoint
 
         cfg = load_config(self.config)
-        action = "resumed" if cfg.resume == "auto" else "ran"
-        if self.requeued:
-            has_checkpoint = latest_checkpoint(self.run_dir) is not None
-            action = "resumed" if has_checkpoint else "restarted"
-            if not has_checkpoint:
-                shutil.rmtree(self.run_dir, ignore_errors=True)  # killed before its first checkpoint
-            cfg.resume = "auto"
-        print(f"csfl-fabric: {action} {self.run_dir}", flush=True)
+        # Decided from the disk, not from how the job was started: a job that SLURM restarts by itself (a node
+        # failure, PreemptMode=REQUEUE) gets the original pickle, not the one `checkpoint` returned.
+        action = "ran"
+        if latest_checkpoint(self.run_dir) is not None:
+            action, cfg.resume = "resumed", "auto"
+        elif Path(self.run_dir).exists() and any(Path(self.run_dir).iterdir()):
+            action = "restarted"
+            shutil.rmtree(self.run_dir)  # stopped before its first checkpoint
+        print(f"csfl-fabric: {action} {self.run_dir}" + (" (requeued)" if self.requeued else ""), flush=True)
         submitit_handler = signal.getsignal(PREEMPT_SIGNAL)
         try:
             run(cfg, run_dir=self.run_dir, callbacks=[StopOnPreemption()])
