@@ -5,6 +5,7 @@ import pytest
 from rich.console import Console
 
 import csfl_fabric
+from csfl_fabric.cli import main
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.study.compare import plan, run_status
 from csfl_fabric.study.launch import launch_settings, print_outcome, timeout_minutes
@@ -32,19 +33,31 @@ def _summary_without_timing(run_dir):
 def test_launch_settings_and_bad_values(tmp_path):
     base, _ = plan(SMOKE, [f"logging.dir={tmp_path}"])
     assert launch_settings(base) == (1, base.launcher)
-    n, launcher = launch_settings(base, jobs=3, launcher="slurm", slurm={"partition": "gpu", "time": "2:00:00",
-                                                                          "mem": None}, wait=False)
+    n, launcher = launch_settings(base, jobs=3, launcher="submitit-local", wait=False,
+                                  slurm={"partition": "gpu", "time": "2:00:00", "mem": None})
     assert (n, launcher.name, launcher.slurm.partition, launcher.slurm.time, launcher.wait) == (
-        3, "slurm", "gpu", "2:00:00", False)
+        3, "submitit-local", "gpu", "2:00:00", False)
     assert launcher.slurm.mem is None
     with pytest.raises(ConfigError, match=r"`compare.jobs` to be >= 1 but got 0"):
         launch_settings(base, jobs=0)
     with pytest.raises(ConfigError, match=r"`launcher.name`.*local"):
         launch_settings(base, launcher="pbs")
     with pytest.raises(ConfigError, match=r"`launcher.slurm.time`.*'two hours'"):
-        launch_settings(base, launcher="slurm", slurm={"time": "two hours"})
+        launch_settings(base, launcher="submitit-local", slurm={"time": "two hours"})
     assert timeout_minutes("0:0:30") == 1  # rounded up: SLURM's limits are whole minutes
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_rejects_bad_launch_options_before_any_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    args = ["compare", str(SMOKE), f"logging.dir={tmp_path / 'runs'}"]
+    assert main([*args, "--jobs", "0"]) == 2
+    assert "`compare.jobs` to be >= 1 but got 0" in capsys.readouterr().err
+    assert main([*args, "--launcher", "slurm", "--slurm.time", "2:00:00"]) == 2
+    assert "`sbatch` is not on PATH" in capsys.readouterr().err
+    assert main([*args, "--launcher", "slurm", "--slurm.time", "soon"]) == 2
+    assert "`launcher.slurm.time`" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_view_shows_each_running_jobs_round_and_last_accuracy(tmp_path):

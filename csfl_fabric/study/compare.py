@@ -23,7 +23,6 @@ from csfl_fabric.config import Config, LauncherConfig, load_config, to_dict
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.study.launch import (
     Job,
-    PeakMemory,
     StudyOutcome,
     failure_line,
     launch_settings,
@@ -185,7 +184,6 @@ def compare(
     isolate = c.isolate if isolate is None else isolate
     n, launch_cfg = launch_settings(base, jobs, launcher, slurm, wait)
     queued: list[Job] = []  # with n > 1 or SLURM the runs are launched together, after the loop
-    memory = PeakMemory().start()
     done: list[tuple[RunSpec, str]] = []
     for spec in specs:
         status = run_status(spec.run_dir)
@@ -207,7 +205,6 @@ def compare(
             _run_in_process(cfg, spec.run_dir)
     exp_dir = Path(base.logging.dir) / base.experiment
     study = _launch(queued, n, launch_cfg, exp_dir)
-    study.peak_memory = memory.stop() if launch_cfg.name != "slurm" else None  # SLURM jobs run on other nodes
     states = {j.run_dir: j.state for j in study.jobs}
     done = [(s, {"failed": "failed", "queued": "submitted", "running": "submitted"}.get(states.get(s.run_dir, ""), a))
             for s, a in done]

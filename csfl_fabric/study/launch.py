@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import multiprocessing
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,7 +52,7 @@ class StudyOutcome:
 
     Attributes:
         jobs: every launched run with its final state (``done``, ``failed``, or ``running`` when not waited for).
-        peak_memory: the peak PSS of this process tree while the runs ran, in bytes (None on SLURM).
+        peak_memory: the peak PSS of this process tree while local jobs ran, in bytes (None for SLURM jobs).
         waited: False after ``--no-wait``: the jobs were only submitted.
         note: what a user needs to know afterwards (the job array's id and log folder).
     """
@@ -71,7 +73,7 @@ def launch_settings(base: Config, jobs: int | None = None, launcher: str | None 
     """The study's ``compare.jobs`` and ``launcher`` block with the given arguments applied (validated as config keys).
 
     Raises:
-        ConfigError: a bad value, e.g. ``--jobs 0`` or an unknown launcher.
+        ConfigError: a bad value (``--jobs 0``, an unknown launcher), or SLURM without submitit or ``sbatch``.
     """
     overrides = [f"compare.jobs={jobs}"] if jobs is not None else []
     overrides += [f"launcher.name={launcher}"] if launcher is not None else []
@@ -80,8 +82,14 @@ def launch_settings(base: Config, jobs: int | None = None, launcher: str | None 
     overrides += [f"launcher.slurm.{k}={json.dumps(v) if isinstance(v, str) else v}"
                   for k, v in (slurm or {}).items() if v is not None]
     cfg = load_config(yaml.safe_load(to_yaml(base)), overrides) if overrides else base
-    if cfg.launcher.name != "local":
-        timeout_minutes(cfg.launcher.slurm.time)  # a bad time fails now, not at submission
+    name = cfg.launcher.name
+    if name != "local":  # checked now, not after the study's runs have been prepared
+        timeout_minutes(cfg.launcher.slurm.time)
+        if importlib.util.find_spec("submitit") is None:
+            raise ConfigError(f"`launcher.name` is '{name}', which needs submitit: pip install 'csfl_fabric[slurm]'.")
+    if name == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError("`launcher.name` is 'slurm' but `sbatch` is not on PATH: run the study on a SLURM login "
+                          "node, or use --launcher submitit-local (the same jobs on this machine) or local.")
     return cfg.compare.jobs, cfg.launcher
 
 
@@ -118,7 +126,7 @@ def run_local(jobs: Sequence[Job], n: int, exp_dir: Path, console: Console | Non
             procs.pop(status.name, None)
             slots.put(device)
 
-    with ThreadPoolExecutor(n) as pool, StudyView(exp_dir.name, statuses, console) as view:
+    with PeakMemory() as memory, ThreadPoolExecutor(n) as pool, StudyView(exp_dir.name, statuses, console) as view:
         futures = [pool.submit(one, *args) for args in zip(jobs, statuses, threads, strict=True)]
         try:
             while wait(futures, timeout=1.0).not_done:
@@ -134,7 +142,7 @@ def run_local(jobs: Sequence[Job], n: int, exp_dir: Path, console: Console | Non
             raise
         for f in futures:
             f.result()  # a bug in `one` itself surfaces here
-    return StudyOutcome(statuses)
+    return StudyOutcome(statuses, peak_memory=memory.peak)
 
 
 def job_main(config: Mapping[str, Any], run_dir: str, log: str, threads: int, device: str | None) -> None:
@@ -267,18 +275,17 @@ class PeakMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="csfl-peak-memory", daemon=True)
 
-    def start(self) -> PeakMemory:
+    def __enter__(self) -> PeakMemory:
         """Start sampling (one sample at once)."""
         self.peak = process_memory()
         self._thread.start()
         return self
 
-    def stop(self) -> int:
-        """Stop sampling and return the peak in bytes."""
+    def __exit__(self, *exc: object) -> None:
+        """Stop sampling; ``peak`` is the peak in bytes."""
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, process_memory())
-        return self.peak
 
     def _sample(self) -> None:
         pause = self.interval_s

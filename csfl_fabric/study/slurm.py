@@ -24,7 +24,7 @@ from rich.console import Console
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from csfl_fabric.config import LauncherConfig, to_yaml
-from csfl_fabric.errors import ConfigError, RunInterrupted
+from csfl_fabric.errors import RunInterrupted
 from csfl_fabric.study.launch import Job, StudyOutcome, timeout_minutes
 from csfl_fabric.study.progress import JobStatus, StudyView
 
@@ -103,15 +103,8 @@ class StudyRun(Checkpointable):
 
 
 def executor(launcher: LauncherConfig, folder: Path, name: str) -> submitit.AutoExecutor:
-    """A submitit executor with the launcher's resources (``submitit-local``: the LocalExecutor on this machine).
-
-    Raises:
-        ConfigError: ``slurm`` on a machine without ``sbatch``.
-    """
+    """A submitit executor with the launcher's resources (``submitit-local``: the LocalExecutor on this machine)."""
     cluster = "local" if launcher.name == "submitit-local" else "slurm"
-    if cluster == "slurm" and shutil.which("sbatch") is None:
-        raise ConfigError("`launcher.name` is 'slurm' but `sbatch` is not on PATH: run the study on a SLURM login "
-                          "node, or use --launcher submitit-local (the same jobs on this machine) or local.")
     s = launcher.slurm
     ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
     params: dict[str, Any] = {"name": name, "timeout_min": timeout_minutes(s.time), "nodes": 1, "tasks_per_node": 1,
