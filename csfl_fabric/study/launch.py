@@ -132,13 +132,19 @@ def run_local(jobs: Sequence[Job], n: int, exp_dir: Path, console: Console | Non
             while wait(futures, timeout=1.0).not_done:
                 view.refresh()
         except KeyboardInterrupt:
-            # The runs are in their own sessions (Ctrl-C reaches only this process): send each one SIGINT once,
-            # so that it checkpoints; queued runs never start. A second Ctrl-C here stops the runs at once.
+            # The runs are in their own sessions (Ctrl-C reaches only this process): send each one SIGINT, so
+            # that it checkpoints; queued runs never start. A second Ctrl-C sends a second SIGINT: it stops them.
             for f in futures:
                 f.cancel()
-            for proc in list(procs.values()):
-                os.kill(proc.pid, signal.SIGINT)
-            wait(futures)
+            for attempt in (1, 2):
+                for proc in list(procs.values()):
+                    os.kill(proc.pid, signal.SIGINT)
+                try:
+                    wait(futures)
+                    break
+                except KeyboardInterrupt:
+                    if attempt == 2:
+                        raise
             raise
         for f in futures:
             f.result()  # a bug in `one` itself surfaces here
