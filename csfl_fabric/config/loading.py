@@ -255,8 +255,9 @@ def _schema_type(path: str) -> str:
 
 
 #: Keys that may differ between a checkpoint's run and its resume: they do not change what is computed.
-#: (``rounds.num_rounds`` may grow, to extend a finished run; ``compare`` is read by `compare` only.)
-HASH_EXCLUDED = ("resume", "logging", "checkpoint", "memory", "rounds.num_rounds", "callbacks", "compare")
+#: (``rounds.num_rounds`` may grow, to extend a finished run; ``compare`` is read by `compare` only, and
+#: ``launcher`` decides where a run goes, not what it computes.)
+HASH_EXCLUDED = ("resume", "logging", "checkpoint", "memory", "rounds.num_rounds", "callbacks", "compare", "launcher")
 
 
 def config_hash(config: Config) -> str:

@@ -150,6 +150,40 @@ class CompareConfig:
     target_fraction: float = 0.8
     isolate: bool = False
     format: str = "png"
+    # Runs at once, each in its own process (`--jobs`); 1 runs them one after another in this process.
+    jobs: int = 1
+
+
+@dataclass
+class SlurmConfig:
+    """The SLURM resources of each job of a study (``--launcher slurm``; README "Running studies at scale").
+
+    ``time`` is minutes (``90``) or ``[D-]HH:MM:SS``; ``mem`` is SLURM's ``--mem`` (``16G``); ``setup`` holds shell
+    lines run before each job (``module load ...``, ``source .venv/bin/activate``); ``extra`` is passed to sbatch
+    as ``--key=value`` (``account``, ``qos``, ``constraint``).
+    """
+
+    partition: str | None = None
+    time: str = "60"
+    gpus_per_job: int = 0
+    cpus_per_job: int = 1
+    mem: str | None = None
+    array_parallelism: int = 256
+    setup: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LauncherConfig:
+    """Where a study's runs go: ``local`` (this machine, `compare.jobs` at once) or ``slurm`` (a submitit job array).
+
+    ``submitit-local`` runs the SLURM path through submitit's LocalExecutor on this machine (every job at once): a
+    dry run of a cluster study. ``wait: false`` returns once the jobs are submitted (`--no-wait`).
+    """
+
+    name: str = "local"
+    wait: bool = True
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 @dataclass
@@ -200,6 +234,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     fabric: FabricConfig = field(default_factory=FabricConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
 
 # Component sections: (path, key of the registry name, registry). Switching the name starts from that
@@ -225,5 +260,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "systems.deadline_policy": ("drop", "wait"),
     "compare.test": ("ttest", "wilcoxon"),
     "compare.format": ("png", "pdf", "svg"),
+    "launcher.name": ("local", "slurm", "submitit-local"),
     "fabric.precision": ("32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"),
 }

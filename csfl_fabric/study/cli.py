@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from csfl_fabric.errors import ConfigError
+from csfl_fabric.study.launch import add_cli_options, cli_kwargs, print_outcome
 from csfl_fabric.study.markdown import cell, reached
 
 
@@ -38,6 +39,7 @@ def add_commands(sub: Any) -> dict[str, Callable[[argparse.Namespace, Console], 
                      help="config keys to sweep (cartesian product); put overrides before --sweep")
     cmp.add_argument("--isolate", action="store_true", default=None, help="run each in its own subprocess")
     _report_options(cmp)
+    add_cli_options(cmp)
     rep = sub.add_parser("report", help="rebuild the report of runs/<experiment> from its finished runs")
     rep.add_argument("runs_dir", help="an experiment directory, e.g. runs/quickstart")
     _report_options(rep)
@@ -64,10 +66,13 @@ def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
     fixed = [f"{k}={v[0]}" for k, v in sweep.items() if len(v) == 1]
     result = compare(args.config, methods=args.methods, seeds=args.seeds, overrides=[*args.overrides, *fixed],
                      sweep={k: v for k, v in sweep.items() if len(v) > 1}, isolate=args.isolate,
-                     baseline=args.baseline, test=args.test, fmt=args.fmt)
+                     baseline=args.baseline, test=args.test, fmt=args.fmt, **cli_kwargs(args))
     for spec, action in result.runs:
         console.print(f"{action:>9}  {spec.run_dir.name}", soft_wrap=True)
+    code = print_outcome(result.study, result.experiment_dir, console)
     report = result.report
+    if report is None:
+        return code
     table = Table(title=f"{result.experiment_dir.name} (mean ± 95% CI over seeds; time in {report.time_unit})")
     times = {f"time_to_acc_{t:g}": f"time to acc {t:g}" for t in report.targets[:1]}
     columns = {"final_acc": "final acc", "best_acc": "best acc", "fair_participation_gini": "Gini",
@@ -82,7 +87,7 @@ def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
     console.print(f"Targets: {', '.join(f'{t:g}' for t in report.targets) or 'none'} ({report.target_note})",
                   soft_wrap=True)
     console.print(f"Report: {report.report_dir / 'report.md'}", soft_wrap=True)
-    return 0
+    return code
 
 
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:

@@ -12,8 +12,6 @@ import dataclasses
 import itertools
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +19,16 @@ from typing import Any
 
 from csfl_callbacks.memory import release_memory
 
-from csfl_fabric.config import Config, load_config, to_dict, to_yaml
+from csfl_fabric.config import Config, LauncherConfig, load_config, to_dict
 from csfl_fabric.errors import ConfigError
+from csfl_fabric.study.launch import (
+    Job,
+    StudyOutcome,
+    failure_line,
+    launch_settings,
+    run_local,
+    run_subprocess,
+)
 from csfl_fabric.study.report import Report, build_report
 
 
@@ -47,11 +53,17 @@ class RunSpec:
 
 @dataclass
 class ComparisonResult:
-    """What `compare` did: each run with what happened to it (``ran``, ``skipped``, ``resumed``, ``restarted``)."""
+    """What `compare` did: each run with what happened to it (``ran``, ``skipped``, ``resumed``, ``restarted``).
+
+    With ``jobs > 1`` or SLURM a run may also be ``failed`` (the others went on) or ``submitted`` (``wait=False``);
+    ``study`` has the failures, their logs and the study's peak memory. ``report`` is None until a run succeeded
+    and the study was waited for.
+    """
 
     experiment_dir: Path
     runs: list[tuple[RunSpec, str]]
-    report: Report
+    report: Report | None
+    study: StudyOutcome = field(default_factory=StudyOutcome)
 
 
 def cleanup_between_runs() -> None:
@@ -148,6 +160,10 @@ def compare(
     baseline: str | None = None,
     test: str | None = None,
     fmt: str | None = None,
+    jobs: int | None = None,
+    launcher: str | None = None,
+    slurm: Mapping[str, Any] | None = None,
+    wait: bool | None = None,
 ) -> ComparisonResult:
     """Run every method x seed (x sweep point) on paired data, then write the report.
 
@@ -161,10 +177,15 @@ def compare(
         baseline: the method the others are tested against; default ``compare.baseline``, else the first method.
         test: ``ttest`` or ``wilcoxon`` (paired over seeds, Holm-corrected); default ``compare.test``.
         fmt: plot format ``png``, ``pdf`` or ``svg``; default ``compare.format``.
+        jobs: runs at once, each in its own process; default ``compare.jobs`` (1: one after another, in this process).
+        launcher: ``local``, ``slurm`` or ``submitit-local``; default ``launcher.name`` (`csfl_fabric.study.launch`).
+        slurm: ``launcher.slurm`` keys (``partition``, ``time``, ``gpus_per_job``, ``cpus_per_job``, ``mem``, ...).
+        wait: wait for SLURM jobs (default ``launcher.wait``); False returns once they are submitted.
 
     Finished runs (``summary.json`` with status ``success``) are skipped; unfinished ones resume from their
     checkpoint when checkpoints exist (``resume=auto``) and otherwise restart in the same directory. A run
-    that fails stops the comparison; rerunning it continues from there.
+    that fails stops the comparison; rerunning it continues from there. With ``jobs > 1`` or SLURM a failed run
+    does not stop the others, and rerunning the same comparison redoes only the unfinished ones.
 
     Raises:
         ConfigError: a bad config, override, sweep or baseline, before any run starts.
@@ -177,6 +198,8 @@ def compare(
         raise ConfigError(f"Expected the baseline to be one of the methods {sorted({s.method for s in specs})} "
                           f"but got `{baseline}`.")
     isolate = c.isolate if isolate is None else isolate
+    n, launch_cfg = launch_settings(base, jobs, launcher, slurm, wait)
+    queued: list[Job] = []  # with n > 1 or SLURM the runs are launched together, after the loop
     done: list[tuple[RunSpec, str]] = []
     for spec in specs:
         status = run_status(spec.run_dir)
@@ -189,15 +212,33 @@ def compare(
             cfg = dataclasses.replace(cfg, resume="auto")  # type: ignore[call-arg]
         elif status == "unfinished":
             shutil.rmtree(spec.run_dir)
-        if isolate:
+        done.append((spec, "resumed" if resumable else {"new": "ran", "unfinished": "restarted"}[status]))
+        if n > 1 or launch_cfg.name != "local":
+            queued.append(Job(spec.run_dir, cfg, done[-1][1]))
+        elif isolate:
             _run_isolated(cfg, spec.run_dir)
         else:
             _run_in_process(cfg, spec.run_dir)
-        done.append((spec, "resumed" if resumable else {"new": "ran", "unfinished": "restarted"}[status]))
     exp_dir = Path(base.logging.dir) / base.experiment
-    report = build_report(exp_dir, baseline=baseline, test=test or c.test, fmt=fmt or c.format,
-                          only=[s.run_dir for s in specs], target_fraction=c.target_fraction)
-    return ComparisonResult(experiment_dir=exp_dir, runs=done, report=report)
+    study = _launch(queued, n, launch_cfg, exp_dir)
+    states = {j.run_dir: j.state for j in study.jobs}
+    done = [(s, {"failed": "failed", "queued": "submitted", "running": "submitted"}.get(states.get(s.run_dir, ""), a))
+            for s, a in done]
+    report = None
+    if study.waited and any(run_status(s.run_dir) == "success" for s in specs):
+        report = build_report(exp_dir, baseline=baseline, test=test or c.test, fmt=fmt or c.format,
+                              only=[s.run_dir for s in specs], target_fraction=c.target_fraction)
+    return ComparisonResult(experiment_dir=exp_dir, runs=done, report=report, study=study)
+
+
+def _launch(queued: list[Job], n: int, launcher: LauncherConfig, exp_dir: Path) -> StudyOutcome:
+    if not queued:
+        return StudyOutcome()
+    if launcher.name == "local":
+        return run_local(queued, n, exp_dir)
+    from csfl_fabric.study.slurm import submit_study  # needs the optional extra [slurm] (submitit)
+
+    return submit_study(queued, launcher, exp_dir)
 
 
 def _run_in_process(cfg: Config, run_dir: Path) -> None:
@@ -210,14 +251,7 @@ def _run_in_process(cfg: Config, run_dir: Path) -> None:
 
 
 def _run_isolated(cfg: Config, run_dir: Path) -> None:
-    # The resolved config travels as a YAML file; the child gets the exact same Config back.
-    spec_dir = run_dir.parent / ".compare"
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    path = spec_dir / f"{run_dir.name}.yaml"
-    path.write_text(to_yaml(cfg))
-    cmd = [sys.executable, "-m", "csfl_fabric", "run", str(path), "--run-dir", str(run_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise RuntimeError(f"Run `{run_dir.name}` failed in its subprocess (exit {proc.returncode}): "
-                           + " | ".join(tail))
+    log = run_dir.parent / ".compare" / "logs" / f"{run_dir.name}.log"
+    code = run_subprocess(cfg, run_dir, log)
+    if code != 0:
+        raise RuntimeError(f"Run `{run_dir.name}` failed in its subprocess ({failure_line(code, log)}); log: {log}")
