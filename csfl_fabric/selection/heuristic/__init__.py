@@ -1,0 +1,18 @@
+"""Heuristic selectors (``heuristic.*``): no learning, at most the latest losses, norms, sizes or label counts.
+
+Importing the package registers every method of the family; the classes stay importable from here.
+"""
+
+from csfl_fabric.selection.heuristic.basic import (
+    ComputationEfficientPowerOfChoiceSelector,
+    LossSelector,
+    PowerOfChoiceSelector,
+    RandomSelector,
+    RecentPowerOfChoiceSelector,
+    RoundRobinSelector,
+    SizeProportionalSelector,
+    stale_losses,
+)
+
+__all__ = ["ComputationEfficientPowerOfChoiceSelector", "LossSelector", "PowerOfChoiceSelector", "RandomSelector",
+           "RecentPowerOfChoiceSelector", "RoundRobinSelector", "SizeProportionalSelector", "stale_losses"]
