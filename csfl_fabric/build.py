@@ -114,7 +114,10 @@ def build_systems(config: Config, num_samples: np.ndarray, model_bytes: int) -> 
         bandwidth = systems.lognormal(rng, n, s.bandwidth_median, s.bandwidth_sigma)
     work = systems.samples_per_round(num_samples, t.batch_size, t.local_epochs, t.local_steps)
     profiles = systems.SystemProfiles(speed=speed, bandwidth=bandwidth, model_bytes=model_bytes,
-                                      compute_s=work / speed, transfer_s=model_bytes / bandwidth, deadline=s.deadline)
+                                      compute_s=work / speed, transfer_s=model_bytes / bandwidth, deadline=s.deadline,
+                                      compute_power_w=s.compute_power_w, transfer_power_w=s.transfer_power_w,
+                                      time_budget_s=s.time_budget_s, energy_budget_j=s.energy_budget_j,
+                                      bytes_budget=s.bytes_budget)
     return systems.SystemModel(
         profiles, num_samples, stream(config.seed, "availability"), stream(config.seed, "dropout"),
         availability=s.availability, availability_p=s.availability_p,
@@ -161,10 +164,11 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
     model = MODELS.build(config.train.model, config.train.model_params, input_shape=dataset.input_shape,
                          num_classes=dataset.num_classes)
     t = config.train
+    selector = _component("selector", SELECTORS, config.selector.name, config.selector.params)
     settings = TrainSettings(local_epochs=t.local_epochs, local_steps=t.local_steps, batch_size=t.batch_size, lr=t.lr,
                              optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay, mu=t.mu,
                              clip_grad_norm=t.clip_grad_norm, eval_batch_size=t.eval_batch_size,
-                             channels_last=t.channels_last)
+                             channels_last=t.channels_last, grad_stats=selector.needs_grad_stats)
     trainer = (CohortTrainer(fabric, model, settings, dataset.num_classes, cohort_size=t.cohort_size)
                if t.backend == "cohort" else ClientTrainer(fabric, model, settings, dataset.num_classes))
     global_params = trainer.global_params()
@@ -178,7 +182,7 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
         fabric=fabric,
         store=store,
         trainer=trainer,
-        selector=_component("selector", SELECTORS, config.selector.name, config.selector.params),
+        selector=selector,
         selector_key=config.selector.name,
         aggregator=_component("aggregator", AGGREGATORS, config.aggregator.name, config.aggregator.params),
         global_params=global_params,

@@ -50,6 +50,10 @@ def flat_update(params: Params, global_params: Params) -> Tensor:
     return torch.cat(deltas).cpu()
 
 
+#: What `Orchestrator.probe` can measure on a client before the round (`SelectionContext.probe`).
+PROBE_SIGNALS = ("loss", "update_norm")
+
+
 class Orchestrator:
     """Runs the rounds of one federated simulation and fires the hooks of `csfl_fabric.callbacks.HOOKS`.
 
@@ -99,6 +103,8 @@ class Orchestrator:
         self.summary: dict[str, Any] = {}
         # The round's flattened client updates, kept by `_train` only for selectors with `needs_updates`.
         self._updates: dict[int, Tensor] | None = None
+        # A declared signal: computed once, and only for selectors that opt in (it reveals the clients' labels).
+        self.label_histograms = store.label_histograms() if selector.needs_label_histograms else None
 
     def run(self) -> RunState:
         """Run from ``state.round`` to the last round (or until a callback sets ``state.should_stop``)."""
@@ -157,6 +163,7 @@ class Orchestrator:
         state.history.record(r, results)  # type: ignore[union-attr]
         self.selector.update(Feedback(round=r, selection=selection, results=results, durations=plan.durations,
                                       dropped=plan.dropped, updates=self._updates))
+        state.metrics.update(self.selector.metrics())
         self.participation.record(selection.ids, np.array([c.client_id for c in results], np.int64), plan.dropped)
 
         # 5. Metrics, with evaluation every `eval_every` rounds and always in the last one.
@@ -175,7 +182,7 @@ class Orchestrator:
 
     def _train(self, selection: Selection, r: int) -> list[ClientResult]:
         state = self.state
-        self.aggregator.reset(self.global_params)
+        self.aggregator.reset(self.global_params, absolute=selection.absolute_weights)
         results: dict[int, ClientResult] = {}
         updates: dict[int, Tensor] | None = {} if self.selector.needs_updates else None
         # This rank's share of the cohort (all of it in one process), as positions in the selection.
@@ -213,8 +220,9 @@ class Orchestrator:
             num_samples=self.store.num_samples,
             history=self.state.history,  # type: ignore[arg-type]
             rng=self.selection_rng,
-            probe=lambda ids, batch_size=None: self.probe(ids, r, batch_size),
+            probe=lambda ids, batch_size=None, signal="loss": self.probe(ids, r, batch_size, signal),
             profiles=self.systems.profiles,
+            label_histograms=self.label_histograms,
         )
 
     def _select(self, ctx: SelectionContext) -> Selection:
@@ -229,14 +237,23 @@ class Orchestrator:
             if isinstance(logger, WandbLogger):
                 logger.log_selection(r, selection, plan.durations, plan.status)
 
-    def probe(self, ids: Sequence[int], round_idx: int, batch_size: int | None = None) -> np.ndarray:
-        """Current loss of the global model on each of ``ids`` (counted in ``select/probed_clients`` and the clock).
+    def probe(self, ids: Sequence[int], round_idx: int, batch_size: int | None = None,
+              signal: str = "loss") -> np.ndarray:
+        """Current loss (or update norm) of each of ``ids`` (counted in ``select/probed_clients`` and the clock).
 
-        ``batch_size=None`` evaluates each client's full local data; an int, its first seeded mini-batch.
+        ``signal="loss"``: the global model's loss, with ``batch_size=None`` on each client's full local data,
+        with an int on its first seeded mini-batch. ``signal="update_norm"``: the L2 norm of the update of the
+        client's local training from the global model (the same training it would do if selected this round).
         """
+        if signal not in PROBE_SIGNALS:
+            raise ValueError(f"Expected a probe `signal` in {PROBE_SIGNALS} but got {signal!r}.")
         self.state.metrics["select/probed_clients"] = self.state.metrics.get("select/probed_clients", 0) + len(ids)
-        self.systems.record_probe(ids, batch_size)
+        self.systems.record_probe(ids, batch_size, train=signal == "update_norm")
         clients = [self.store.client(int(c), round_idx) for c in ids]
+        if signal == "update_norm":
+            # Each client's params are views of the reused model: take the norm before the next one trains.
+            return np.array([float(flat_update(params, self.global_params).norm())
+                             for params, _ in self.trainer.fit_many(self.global_params, clients)], dtype=float)
         return self.trainer.losses(self.global_params, clients, batch_size)
 
     @staticmethod

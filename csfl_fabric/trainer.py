@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,8 @@ class TrainSettings:
     clip_grad_norm: float | None = None
     eval_batch_size: int = 1024
     channels_last: bool = True
+    #: Collect per-step gradient statistics (`ClientResult.grad_mean`, ``grad_sq_mean``) for selectors that ask.
+    grad_stats: bool = False
 
 
 def make_optimizer(params: Sequence[nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
@@ -146,6 +149,7 @@ class ClientTrainer:
         self._train_mode()
         anchor = [global_params[k] for k in self._param_keys] if s.mu > 0 else None
         per_sample: list[Tensor] = []  # concatenated once per client: no per-batch reductions
+        stats = GradStats(self._params) if s.grad_stats else None
         seen = steps = 0
         for x, y in client.batches(s.batch_size, epochs=s.local_epochs, steps=s.local_steps):
             with self._precision.forward_context():
@@ -158,6 +162,8 @@ class ClientTrainer:
                 # FedProx (Li et al., MLSys 2020): the gradient of mu/2 ||w - w_global||^2 is mu (w - w_global).
                 grads = [p.grad for p in self._params]
                 torch._foreach_add_(grads, torch._foreach_sub(self._params, anchor), alpha=s.mu)
+            if stats is not None:  # the gradient the step follows, before any clipping
+                stats.add([p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params])
             if s.clip_grad_norm is not None:
                 self.fabric.clip_gradients(self.model, self.optimizer, max_norm=s.clip_grad_norm)
             self._step()
@@ -174,6 +180,7 @@ class ClientTrainer:
             loss=total / max(seen, 1),
             loss_sq_sum=sq_total,
             param_norm=norm,
+            **(stats.result(steps) if stats is not None else {}),
         )
         return self._views.copy(), result
 
@@ -259,6 +266,33 @@ class ClientTrainer:
                 loss += F.cross_entropy(self.model(x[start:stop]).float(), y[start:stop], reduction="sum")
             out.append(loss / max(len(y), 1))
         return torch.stack(out).cpu().numpy().astype(float) if out else np.zeros(0)
+
+
+class GradStats:
+    """Running sums of a client's mini-batch gradients and of their squared norms, on the device (no host sync).
+
+    >>> w = torch.zeros(2, requires_grad=True)
+    >>> stats = GradStats([w])
+    >>> stats.add([torch.tensor([1.0, 0.0])]); stats.add([torch.tensor([3.0, 0.0])])
+    >>> r = stats.result(2); r["grad_mean"].tolist(), r["grad_sq_mean"]
+    ([2.0, 0.0], 5.0)
+    """
+
+    def __init__(self, params: Sequence[Tensor]) -> None:
+        self.sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        self.sq = torch.zeros((), dtype=torch.float32, device=self.sums[0].device if self.sums else "cpu")
+
+    def add(self, grads: Sequence[Tensor]) -> None:
+        """Fold in one step's gradients (one per parameter, in order)."""
+        floats = [g.float() for g in grads]
+        torch._foreach_add_(self.sums, floats)
+        self.sq += torch.stack(torch._foreach_norm(floats)).square().sum()
+
+    def result(self, steps: int) -> dict[str, Any]:
+        """``grad_mean`` (flat float32 CPU) and ``grad_sq_mean`` over ``steps`` steps, for `ClientResult`."""
+        n = max(steps, 1)
+        mean = torch.cat([t.reshape(-1) for t in self.sums]).div_(n).cpu() if self.sums else torch.zeros(0)
+        return {"grad_mean": mean, "grad_sq_mean": float(self.sq) / n}
 
 
 def _client_stats(losses: list[Tensor], flat: Tensor | None) -> tuple[float, float, float | None]:

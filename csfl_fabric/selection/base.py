@@ -26,6 +26,10 @@ class ClientSelector(ABC):
     needs_updates: bool = False
     #: Set by methods that read ``ctx.profiles`` (system speeds, bandwidths).
     needs_profiles: bool = False
+    #: Set by methods that read ``ctx.label_histograms`` (each client's label counts: the server learns them).
+    needs_label_histograms: bool = False
+    #: Set by methods that need ``ClientResult.grad_mean`` / ``grad_sq_mean`` (per-step gradient statistics).
+    needs_grad_stats: bool = False
 
     @abstractmethod
     def select(self, ctx: SelectionContext) -> Selection:
@@ -33,6 +37,10 @@ class ClientSelector(ABC):
 
     def update(self, feedback: Feedback) -> None:  # noqa: B027 - optional hook
         """Called after aggregation with the round's selection and the trained clients' results."""
+
+    def metrics(self) -> dict[str, float]:
+        """Values to log for the round just fed back (``select/...`` keys, e.g. a bandit's reward); called after `update`."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the selector has learnt, for checkpoints."""
