@@ -188,7 +188,8 @@ class ClientStore:
     def label_histograms(self, num_classes: int | None = None) -> np.ndarray:
         """Label counts per client, K x C (C = ``num_classes``, or the largest training label + 1).
 
-        >>> store = ClientStore(torch.zeros(4), torch.tensor([0, 2, 2, 1]), [np.array([0, 1, 2]), np.array([3])], seed=0)
+        >>> parts = [np.array([0, 1, 2]), np.array([3])]
+        >>> store = ClientStore(torch.zeros(4), torch.tensor([0, 2, 2, 1]), parts, seed=0)
         >>> store.label_histograms().tolist()
         [[1, 0, 2], [0, 1, 0]]
         """

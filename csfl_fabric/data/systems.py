@@ -37,12 +37,13 @@ KEPT, DROPOUT, LATE, CUT, BUDGET = "kept", "dropout", "late", "overcommit", "bud
 
 def round_energy(compute_s: np.ndarray, transfer_s: np.ndarray, compute_power_w: float,
                  transfer_power_w: float) -> np.ndarray:
-    """Joules of one round per client: its compute at ``compute_power_w`` plus a download and an upload at ``transfer_power_w``.
+    """Joules of one round per client: compute at ``compute_power_w``, a download and an upload at ``transfer_power_w``.
 
     >>> round_energy(np.array([10.0]), np.array([2.0]), compute_power_w=2.0, transfer_power_w=1.0).tolist()
     [24.0]
     """
-    return np.asarray(compute_s, dtype=float) * compute_power_w + 2 * np.asarray(transfer_s, dtype=float) * transfer_power_w
+    compute, transfer = np.asarray(compute_s, dtype=float), np.asarray(transfer_s, dtype=float)
+    return compute * compute_power_w + 2 * transfer * transfer_power_w
 
 
 def admit(costs: np.ndarray, budget: float | None, spent: float = 0.0) -> np.ndarray:
@@ -361,7 +362,8 @@ class SystemModel:
 
     def state_dict(self) -> dict[str, Any]:
         """The clock and both streams' positions: a resumed run continues with identical draws and times."""
-        return {"total_s": self.total_s, "total_j": self.total_j, "availability_rng": self._availability_rng.bit_generator.state,
+        return {"total_s": self.total_s, "total_j": self.total_j,
+                "availability_rng": self._availability_rng.bit_generator.state,
                 "dropout_rng": self._dropout_rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -39,7 +39,7 @@ class ClientSelector(ABC):
         """Called after aggregation with the round's selection and the trained clients' results."""
 
     def metrics(self) -> dict[str, float]:
-        """Values to log for the round just fed back (``select/...`` keys, e.g. a bandit's reward); called after `update`."""
+        """Values to log for the round just fed back (``select/...`` keys, e.g. a bandit's reward); after `update`."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

@@ -13,6 +13,10 @@ from csfl_fabric.selection.heuristic.basic import (
     SizeProportionalSelector,
     stale_losses,
 )
+from csfl_fabric.selection.heuristic.coverage import GradNormSelector, LabelCoverageSelector
+from csfl_fabric.selection.heuristic.schemes import AdaptivePowerOfChoiceSelector, UniformScaledSelector
 
-__all__ = ["ComputationEfficientPowerOfChoiceSelector", "LossSelector", "PowerOfChoiceSelector", "RandomSelector",
-           "RecentPowerOfChoiceSelector", "RoundRobinSelector", "SizeProportionalSelector", "stale_losses"]
+__all__ = ["AdaptivePowerOfChoiceSelector", "ComputationEfficientPowerOfChoiceSelector", "GradNormSelector",
+           "LabelCoverageSelector", "LossSelector", "PowerOfChoiceSelector", "RandomSelector",
+           "RecentPowerOfChoiceSelector", "RoundRobinSelector", "SizeProportionalSelector", "UniformScaledSelector",
+           "stale_losses"]
