@@ -94,3 +94,13 @@ def size_probs(ctx: SelectionContext) -> np.ndarray:
     """Data-size probabilities p_k = n_k / sum_j n_j over ``ctx.available``, in its order."""
     n = ctx.num_samples[ctx.available].astype(float)
     return n / n.sum()
+
+
+def top_k_random_ties(scores: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of the ``k`` highest ``scores``, equal scores in random order (a permutation, then a stable sort).
+
+    >>> top_k_random_ties(np.array([0.1, 0.9, 0.5]), 2, np.random.default_rng(0)).tolist()
+    [1, 2]
+    """
+    order = rng.permutation(len(scores))
+    return order[np.argsort(-np.asarray(scores, dtype=float)[order], kind="stable")[:k]]

@@ -8,17 +8,11 @@ import numpy as np
 from typing_extensions import override
 
 from csfl_fabric.registry import SELECTORS
-from csfl_fabric.selection.base import ClientSelector, check_param
+from csfl_fabric.selection.base import ClientSelector, check_param, top_k_random_ties
 from csfl_fabric.state import Feedback, Selection, SelectionContext
 
 _NORM_ORDERS = (1, 2)
 _WEIGHTINGS = ("idf", "uniform")
-
-
-def top_k_random_ties(scores: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Positions of the ``k`` highest ``scores``; equal scores in random order (a permutation, then a stable sort)."""
-    order = rng.permutation(len(scores))
-    return order[np.argsort(-scores[order], kind="stable")[:k]]
 
 
 @SELECTORS.register("heuristic.grad_norm")

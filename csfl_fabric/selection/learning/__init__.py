@@ -3,6 +3,8 @@
 Importing the package registers every method of the family; the classes stay importable from here.
 """
 
+from csfl_fabric.selection.learning.balance import FedCBSSelector
+from csfl_fabric.selection.learning.bandits import EpsilonGreedySelector, LinUCBSelector
 from csfl_fabric.selection.learning.classic import (
     ActiveFLSelector,
     ClusteredSimilaritySelector,
@@ -10,5 +12,9 @@ from csfl_fabric.selection.learning.classic import (
     DivFLSelector,
     UCBSelector,
 )
+from csfl_fabric.selection.learning.fedcor import FedCorSelector
+from csfl_fabric.selection.learning.importance import DeltaSelector, OptimalClientSamplingSelector
 
-__all__ = ["ActiveFLSelector", "ClusteredSimilaritySelector", "ClusteredSizeSelector", "DivFLSelector", "UCBSelector"]
+__all__ = ["ActiveFLSelector", "ClusteredSimilaritySelector", "ClusteredSizeSelector", "DeltaSelector", "DivFLSelector",
+           "EpsilonGreedySelector", "FedCBSSelector", "FedCorSelector", "LinUCBSelector",
+           "OptimalClientSamplingSelector", "UCBSelector"]
