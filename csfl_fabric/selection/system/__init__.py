@@ -4,5 +4,6 @@ Importing the package registers every method of the family; the classes stay imp
 """
 
 from csfl_fabric.selection.system.classic import FedCSSelector, OortSelector, greedy_deadline, oort_utility
+from csfl_fabric.selection.system.tifl import TiFLSelector
 
-__all__ = ["FedCSSelector", "OortSelector", "greedy_deadline", "oort_utility"]
+__all__ = ["FedCSSelector", "OortSelector", "TiFLSelector", "greedy_deadline", "oort_utility"]
