@@ -102,7 +102,8 @@ class LabelCoverageSelector(ClientSelector):
     Rule: greedy maximum coverage over the clients' label sets (``ctx.label_histograms`` > 0): k times, take the
     available client that adds the most weight of classes not yet held by the cohort; weight 1 per class
     (``uniform``) or 1 / (samples of the class over all clients) (``idf``, rare classes first, the predecessor
-    simulator's default). Ties, and every pick once all classes are covered, go in random order. Aggregation:
+    simulator's default). Deterministic given the histograms: ties, and every pick once all classes are
+    covered, go in random order. Aggregation:
     n-weighted (FedAvg). ``scores`` hold each pick's coverage gain. Astraea rebalances with mediators and a KL
     criterion; this is the simpler coverage baseline of the predecessor simulator (``label_coverage.py``,
     without its loss term), kept as a baseline, not as Astraea.

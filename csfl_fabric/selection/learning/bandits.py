@@ -71,7 +71,8 @@ class LinUCBSelector(ClientSelector):
     Rule (Algorithm 1 with one shared linear model, as the predecessor simulator's ``linucb.py``): with
     A = ridge I + sum x x^T and b = sum r x over the observed (context, reward) pairs, theta = A^-1 b and client
     k's index is ``x_k^T theta + alpha sqrt(x_k^T A^-1 x_k)``; the k available clients with the highest index
-    are selected (ties in random order). x_k = `client_features` at selection time; the reward r is the loss
+    are selected (deterministic given A, b and the features; ties in random order). x_k = `client_features` at
+    selection time; the reward r is the loss
     drop (module docstring), observed for selected clients that trained before. Aggregation: n-weighted
     (FedAvg); ``scores`` hold the indices. Per-client (disjoint) models would need many pulls of each client;
     the shared model generalises across clients through the features.
