@@ -168,9 +168,10 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
     settings = TrainSettings(local_epochs=t.local_epochs, local_steps=t.local_steps, batch_size=t.batch_size, lr=t.lr,
                              optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay, mu=t.mu,
                              clip_grad_norm=t.clip_grad_norm, eval_batch_size=t.eval_batch_size,
-                             channels_last=t.channels_last, grad_stats=selector.needs_grad_stats)
+                             channels_last=t.channels_last)
     trainer = (CohortTrainer(fabric, model, settings, dataset.num_classes, cohort_size=t.cohort_size)
                if t.backend == "cohort" else ClientTrainer(fabric, model, settings, dataset.num_classes))
+    trainer.grad_stats = selector.needs_grad_stats
     global_params = trainer.global_params()
     model_bytes = sum(p.numel() * p.element_size() for p in global_params.values())
     # Rank 0's run directory for all (another rank may have looked after rank 0 made it, and picked a new name).

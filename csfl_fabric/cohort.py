@@ -153,7 +153,7 @@ class CohortTrainer(ClientTrainer):
         x_all, y_all = clients[0].x, clients[0].y
         loss_sum = torch.zeros(n, device=self.fabric.device)
         sq_sum = torch.zeros(n, device=self.fabric.device)
-        stats = _ChunkGradStats({k: start[k] for k in self._param_keys}, n) if s.grad_stats else None
+        stats = _ChunkGradStats({k: start[k] for k in self._param_keys}, n) if self.grad_stats else None
         for t in range(len(plan.index)):
             index = plan.index[t].reshape(-1)
             x = x_all.index_select(0, index).view(n, -1, *x_all.shape[1:])

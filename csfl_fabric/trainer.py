@@ -40,8 +40,6 @@ class TrainSettings:
     clip_grad_norm: float | None = None
     eval_batch_size: int = 1024
     channels_last: bool = True
-    #: Collect per-step gradient statistics (`ClientResult.grad_mean`, ``grad_sq_mean``) for selectors that ask.
-    grad_stats: bool = False
 
 
 def make_optimizer(params: Sequence[nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
@@ -70,6 +68,9 @@ class ClientTrainer:
     #: Whether ``settings.channels_last`` applies: convolution weights in channels-last order make every
     #: activation after them channels-last, which CPU kernels run faster (max-pooling ~16x on 8x8 maps).
     CHANNELS_LAST = True
+    #: Collect per-step gradient statistics (`ClientResult.grad_mean`, ``grad_sq_mean``); build.py turns it on
+    #: for selectors with ``needs_grad_stats`` (not a config key: the selector decides).
+    grad_stats = False
 
     def __init__(self, fabric: Fabric, model: nn.Module, settings: TrainSettings, num_classes: int) -> None:
         self.fabric = fabric
@@ -149,7 +150,7 @@ class ClientTrainer:
         self._train_mode()
         anchor = [global_params[k] for k in self._param_keys] if s.mu > 0 else None
         per_sample: list[Tensor] = []  # concatenated once per client: no per-batch reductions
-        stats = GradStats(self._params) if s.grad_stats else None
+        stats = GradStats(self._params) if self.grad_stats else None
         seen = steps = 0
         for x, y in client.batches(s.batch_size, epochs=s.local_epochs, steps=s.local_steps):
             with self._precision.forward_context():

@@ -43,9 +43,10 @@ def test_absolute_weights_leave_the_missing_mass_with_the_global_model() -> None
 
 
 def test_grad_stats_match_the_update_of_plain_sgd_and_the_cohort_backend() -> None:
-    settings = TrainSettings(batch_size=4, lr=0.1, local_epochs=2, grad_stats=True)
+    settings = TrainSettings(batch_size=4, lr=0.1, local_epochs=2)
     store, fabric = _store(), Fabric(accelerator="cpu", devices=1)
     sequential = ClientTrainer(fabric, _model(), settings, 4)
+    sequential.grad_stats = True
     start = sequential.global_params()
     params, result = sequential.fit(start, store.client(0, round_idx=1))
     update = torch.cat([(params[k] - start[k]).reshape(-1) for k in sequential._param_keys])
@@ -54,6 +55,7 @@ def test_grad_stats_match_the_update_of_plain_sgd_and_the_cohort_backend() -> No
     assert result.grad_sq_mean >= float(result.grad_mean.square().sum())  # E||g||^2 >= ||E g||^2
     assert result.grad_sigma is not None and result.grad_sigma > 0
     cohort = CohortTrainer(fabric, _model(), settings, 4)
+    cohort.grad_stats = True
     rows = list(cohort.fit_many(cohort.global_params(), [store.client(c, round_idx=1) for c in range(3)]))
     torch.testing.assert_close(rows[0][1].grad_mean, result.grad_mean, atol=1e-5, rtol=1e-4)
     assert rows[0][1].grad_sq_mean == pytest.approx(result.grad_sq_mean, rel=1e-4)
