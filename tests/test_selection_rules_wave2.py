@@ -24,10 +24,10 @@ from tests.system_fakes import fake_profiles
 
 
 def _context(sizes: list[int], k: int, rng: np.random.Generator, *, probe: Any = None, round_idx: int = 0,
-             history: ClientHistory | None = None, available: list[int] | None = None, **extra: Any) -> SelectionContext:
+             available: list[int] | None = None, **extra: Any) -> SelectionContext:
     n = np.asarray(sizes)
     return SelectionContext(round=round_idx, k=k, available=np.arange(len(n)) if available is None else
-                            np.asarray(available), num_samples=n, history=history or ClientHistory(n), rng=rng,
+                            np.asarray(available), num_samples=n, history=ClientHistory(n), rng=rng,
                             probe=probe or (lambda ids, batch_size=None, signal="loss": np.zeros(len(ids))), **extra)
 
 
@@ -88,8 +88,10 @@ def test_grad_norm_tries_unseen_clients_then_ranks_by_last_update_norm() -> None
     updates = {0: torch.tensor([3.0, 4.0]), 1: torch.tensor([1.0, 0.0]), 2: torch.tensor([0.0, 2.0])}
     selector.update(_feedback(0, [_result(c, 1.0) for c in updates], updates=updates))
     sel = selector.select(_context([10] * 4, 2, np.random.default_rng(0)))
-    assert sel.ids.tolist()[0] == 3 and np.isinf(sel.scores[0])  # never trained: tried first
-    assert sel.ids.tolist()[1] == 0 and sel.scores[1] == pytest.approx(5.0)
+    assert sel.ids.tolist()[0] == 3
+    assert np.isinf(sel.scores[0])
+    assert sel.ids.tolist()[1] == 0
+    assert sel.scores[1] == pytest.approx(5.0)
     l1 = SELECTORS.build("heuristic.grad_norm", {"ord": 1})
     l1.update(_feedback(0, [_result(0, 1.0)], updates={0: torch.tensor([3.0, -4.0])}))
     assert l1.norms[0] == pytest.approx(7.0)
@@ -119,7 +121,8 @@ def test_label_coverage_greedy_by_hand() -> None:
     firsts = set()
     for seed in range(20):
         sel = uniform.select(_context([10] * 4, 2, np.random.default_rng(seed), label_histograms=hist))
-        assert sel.ids[0] in (0, 1) and sel.scores.tolist() == [2.0, 1.0]  # two new classes, then one
+        assert sel.ids[0] in (0, 1)
+        assert sel.scores.tolist() == [2.0, 1.0]
         firsts.add(int(sel.ids[0]))
     assert firsts == {0, 1}  # the tie is broken at random
 
@@ -165,7 +168,8 @@ def test_ocs_probabilities_by_hand_and_their_sum() -> None:
     assert np.allclose(ocs_probabilities(np.array([1.0, 7.0, 1.0, 1.0]), 2), [1 / 3, 1, 1 / 3, 1 / 3])
     assert np.allclose(ocs_probabilities(np.array([2.0, 2.0, 4.0]), 2), [0.5, 0.5, 1.0])
     p = ocs_probabilities(np.random.default_rng(0).lognormal(0, 1, 20), 5)
-    assert p.sum() == pytest.approx(5) and (p <= 1 + 1e-12).all()
+    assert p.sum() == pytest.approx(5)
+    assert (p <= 1 + 1e-12).all()
     assert np.allclose(approximate_ocs_probabilities(np.array([1.0, 7.0, 1.0, 1.0]), 2, j_max=4),
                        [1 / 3, 1, 1 / 3, 1 / 3])
 
@@ -191,7 +195,8 @@ def test_ocs_selection_is_an_unbiased_estimate_of_the_candidates_update() -> Non
     estimates = []
     for _ in range(3000):
         sel = selector.select(_context(list(sizes), 2, rng, probe=probe))
-        assert sel.absolute_weights and len(sel.ids) == 2
+        assert sel.absolute_weights
+        assert len(sel.ids) == 2
         estimates.append(float(sel.weights @ norms[sel.ids]))  # a_k ||U_k||, a_k = q_k / p_k
     assert np.mean(estimates) == pytest.approx(float(q @ norms), rel=0.03)
 
@@ -282,7 +287,8 @@ def test_linucb_index_and_update_by_hand() -> None:
     selector.loss.last = np.array([np.nan, np.nan, np.nan, 2.0])
     selector.update(_feedback(0, [_result(3, 1.5)]))  # reward 2.0 - 1.5
     a = np.eye(6) + np.outer(x[1], x[1])
-    assert np.allclose(selector.a, a) and np.allclose(selector.b, 0.5 * x[1])
+    assert np.allclose(selector.a, a)
+    assert np.allclose(selector.b, 0.5 * x[1])
     theta = np.linalg.solve(a, 0.5 * x[1])
     width = 0.5 * np.sqrt(x[1] @ np.linalg.solve(a, x[1]))
     assert selector.indices(x[1:])[0] == pytest.approx(x[1] @ theta + width)
@@ -321,7 +327,8 @@ def test_tifl_picks_one_tier_per_round_and_adapts_to_tier_losses() -> None:
     for r in range(3):
         sel = selector.select(_context([10] * 12, 3, rng, probe=probe, round_idx=r, profiles=profiles))
         assert len(set(tiers[sel.ids].tolist())) == 1  # one tier, k clients of it
-    assert np.allclose(selector.probs[2], 3 / 6) and np.allclose(sorted(selector.probs[:2]), [1 / 6, 2 / 6])
+    assert np.allclose(selector.probs[2], 3 / 6)
+    assert np.allclose(sorted(selector.probs[:2]), [1 / 6, 2 / 6])
 
 
 def test_tifl_credits_exclude_a_spent_tier() -> None:

@@ -53,7 +53,8 @@ def test_grad_stats_match_the_update_of_plain_sgd_and_the_cohort_backend() -> No
     # Plain SGD: update = -lr * sum of the step gradients, so their mean is -update / (lr * steps).
     torch.testing.assert_close(result.grad_mean, -update / (0.1 * result.num_steps), atol=1e-5, rtol=1e-4)
     assert result.grad_sq_mean >= float(result.grad_mean.square().sum())  # E||g||^2 >= ||E g||^2
-    assert result.grad_sigma is not None and result.grad_sigma > 0
+    assert result.grad_sigma is not None
+    assert result.grad_sigma > 0
     cohort = CohortTrainer(fabric, _model(), settings, 4)
     cohort.grad_stats = True
     rows = list(cohort.fit_many(cohort.global_params(), [store.client(c, round_idx=1) for c in range(3)]))
@@ -109,7 +110,8 @@ def test_time_budget_cuts_late_clients_and_ends_the_round_at_the_budget() -> Non
     assert plan.round_s == 4.0  # it waited for k updates until the budget ran out
     model.record_probe([0])  # 10 samples at 1 sample/s: the probe phase alone takes 10 s > 4 s
     plan = model.plan(np.array([0, 1]), k=2)
-    assert plan.status == (BUDGET, BUDGET) and plan.round_s == 10.0
+    assert plan.status == (BUDGET, BUDGET)
+    assert plan.round_s == 10.0
 
 
 def test_dropouts_are_drawn_only_for_clients_sent_the_model() -> None:
@@ -117,7 +119,8 @@ def test_dropouts_are_drawn_only_for_clients_sent_the_model() -> None:
                               compute_s=np.ones(50), transfer_s=np.zeros(50), energy_budget_j=2 * 5 + 1)
     model = SystemModel(profiles, np.full(50, 10), stream(0, "availability"), stream(0, "dropout"), dropout=0.5)
     status = model.plan(np.arange(50), k=50).status
-    assert status[5:] == (BUDGET,) * 45 and set(status[:5]) <= {KEPT, DROPOUT}
+    assert status[5:] == (BUDGET,) * 45
+    assert set(status[:5]) <= {KEPT, DROPOUT}
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -154,7 +157,8 @@ def test_label_histograms_reach_only_selectors_that_declare_them(tmp_path: Path)
     built = _built(tmp_path, ["selector.name=learning.fedcbs"])
     hist = built.orchestrator.label_histograms
     store = built.orchestrator.store
-    assert hist.shape == (10, 10) and hist.sum(axis=1).tolist() == store.num_samples.tolist()
+    assert hist.shape == (10, 10)
+    assert hist.sum(axis=1).tolist() == store.num_samples.tolist()
     built.orchestrator.run()
     assert _built(tmp_path / "plain", ["selector.name=heuristic.random"]).orchestrator.label_histograms is None
 
@@ -163,7 +167,8 @@ def test_delta_gets_gradient_statistics_and_moves_its_probabilities(tmp_path: Pa
     built = _built(tmp_path, ["selector.name=learning.delta"])
     built.orchestrator.run()
     probs = built.orchestrator.selector.probs
-    assert probs.sum() == pytest.approx(1.0) and not np.allclose(probs, 0.1)
+    assert probs.sum() == pytest.approx(1.0)
+    assert not np.allclose(probs, 0.1)
 
 
 def test_ocs_probes_update_norms_of_every_candidate(smoke: list[str]) -> None:
