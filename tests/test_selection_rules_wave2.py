@@ -136,15 +136,22 @@ def test_delta_refreshes_participants_probabilities_by_hand() -> None:
     g0, g1 = torch.tensor([1.0, 0.0]), torch.tensor([3.0, 0.0])  # mean (2, 0): zeta = 1 for both
     results = [_result(0, 1.0, grad_mean=g0, grad_sq_mean=1.0), _result(1, 1.0, grad_mean=g1, grad_sq_mean=13.0)]
     selector.update(_feedback(0, results))  # sigma_0 = 0, sigma_1 = sqrt(13 - 9) = 2
-    s0, s1 = np.sqrt(0.8 * 1 + 0.2 * 0), np.sqrt(0.8 * 1 + 0.2 * 4)
+    s0, s1 = np.sqrt(0.8 * 1 + 0.2 * 0), np.sqrt(0.8 * 1 + 0.2 * 4)  # times lambda = 1/4 for both
     assert np.allclose(selector.probs, [0.5 * s0 / (s0 + s1), 0.5 * s1 / (s0 + s1), 0.25, 0.25])
+    sized = SELECTORS.build("learning.delta")
+    sized.select(_context([10, 30, 60], 2, np.random.default_rng(0)))
+    sized.update(_feedback(0, results))  # the same statistics: the scores now carry lambda = 0.1 and 0.3
+    assert np.allclose(sized.probs[:2] / sized.probs[:2].sum(), [0.1 * s0, 0.3 * s1] / (0.1 * s0 + 0.3 * s1))
 
 
 def test_delta_weights_are_the_unbiased_importance_weights() -> None:
     selector = SELECTORS.build("learning.delta")
+    first = selector.select(_context([10, 10, 20, 60], 2, np.random.default_rng(0)))
+    q = np.array([0.1, 0.1, 0.2, 0.6])
+    assert np.allclose(selector.probs, q)  # p starts at the data shares: a simple average, 1/m
+    assert np.allclose(first.weights, 0.5)
     selector.probs = np.array([0.1, 0.2, 0.3, 0.4])
     sel = selector.select(_context([10, 10, 20, 60], 2, np.random.default_rng(0)))
-    q = np.array([0.1, 0.1, 0.2, 0.6])
     assert sel.absolute_weights
     assert np.allclose(sel.weights, q[sel.ids] / (2 * selector.probs[sel.ids]))
 
@@ -348,7 +355,7 @@ def test_tifl_credits_exclude_a_spent_tier() -> None:
     ("heuristic.uniform_scaled", "variant", "scheme3"), ("heuristic.adapow_d", "every", 0),
     ("heuristic.adapow_d", "schedule", "linear"), ("heuristic.grad_norm", "ord", 3),
     ("heuristic.label_coverage", "weighting", "tfidf"), ("learning.delta", "alpha1", -1.0),
-    ("learning.delta", "rule", "theory"), ("learning.ocs", "variant", "greedy"), ("learning.ocs", "j_max", 0),
+    ("learning.delta", "rule", "theory"), ("learning.delta", "objective", "median"), ("learning.ocs", "variant", "greedy"), ("learning.ocs", "j_max", 0),
     ("learning.fedcbs", "beta", 0.0), ("learning.fedcor", "warmup", 0), ("learning.fedcor", "discount", 1.5),
     ("learning.linucb", "ridge", 0.0), ("learning.eps_greedy", "epsilon", 2.0), ("system.tifl", "num_tiers", 0),
     ("system.tifl", "signal", "accuracy"),
