@@ -265,6 +265,7 @@ class OptimalClientSamplingSelector(ClientSelector):
         cand = ctx.rng.choice(ctx.available, size=min(n, len(ctx.available)), replace=False).astype(np.int64)
         q = ctx.num_samples[cand] / ctx.num_samples[cand].sum()
         norms = q * np.asarray(ctx.probe(cand, signal="update_norm"), dtype=float)
+        norms = np.where(np.isfinite(norms), norms, 0.0)  # a diverged candidate: p = 0, never sent
         m = min(ctx.k, len(cand))
         p = (ocs_probabilities(norms, m) if self.variant == "exact"
              else approximate_ocs_probabilities(norms, m, self.j_max))
