@@ -149,7 +149,10 @@ def build_systems(config: Config, num_samples: np.ndarray, model_bytes: int) -> 
         bandwidth = systems.lognormal(rng, n, s.bandwidth_median, s.bandwidth_sigma)
     work = systems.samples_per_round(num_samples, t.batch_size, t.local_epochs, t.local_steps)
     profiles = systems.SystemProfiles(speed=speed, bandwidth=bandwidth, model_bytes=model_bytes,
-                                      compute_s=work / speed, transfer_s=model_bytes / bandwidth, deadline=s.deadline)
+                                      compute_s=work / speed, transfer_s=model_bytes / bandwidth, deadline=s.deadline,
+                                      compute_power_w=s.compute_power_w, transfer_power_w=s.transfer_power_w,
+                                      time_budget_s=s.time_budget_s, energy_budget_j=s.energy_budget_j,
+                                      bytes_budget=s.bytes_budget)
     return systems.SystemModel(
         profiles, num_samples, stream(config.seed, "availability"), stream(config.seed, "dropout"),
         availability=s.availability, availability_p=s.availability_p,
@@ -260,6 +263,8 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
     torch.set_num_threads(config.train.num_threads)  # after launch, which sets its own thread count
     store = build_store(config, fabric, dataset, parts)
     trainer = build_trainer(config, fabric, dataset)
+    selector = _component("selector", SELECTORS, config.selector.name, config.selector.params)
+    trainer.grad_stats = selector.needs_grad_stats  # the selector decides, not a config key
     release = [store.release, trainer.release]  # caches that refill themselves: what a cleanup may free
     all_callbacks.append(build_memory_policies(config.memory, release))
     all_callbacks.extend([*build_config_callbacks(config.callbacks, release), *callbacks])
@@ -274,7 +279,7 @@ def build_run(config: Config, run_dir: str | Path | None = None, callbacks: Sequ
         fabric=fabric,
         store=store,
         trainer=trainer,
-        selector=_component("selector", SELECTORS, config.selector.name, config.selector.params),
+        selector=selector,
         selector_key=config.selector.name,
         aggregator=_component("aggregator", AGGREGATORS, config.aggregator.name, config.aggregator.params),
         global_params=global_params,

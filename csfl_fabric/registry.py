@@ -152,7 +152,7 @@ PARTITIONERS = Registry("partitioner", provided=("dataset", "num_clients", "rng"
                         key="a partitioner name (`csfl_fabric/data/partition.py`)", modules=("csfl_fabric.data",))
 MODELS = Registry("model", provided=("input_shape", "num_classes"), key="a model name (`csfl_fabric/models.py`)",
                   modules=("csfl_fabric.models",))
-SELECTORS = Registry("selector", key="`family.method`: the family names the file `csfl_fabric/selection/<family>.py`",
+SELECTORS = Registry("selector", key="`family.method`: the family names the package `csfl_fabric/selection/<family>/`",
                      modules=("csfl_fabric.selection",))
 AGGREGATORS = Registry("aggregator", key="an aggregator name (`csfl_fabric/aggregation/`)",
                        modules=("csfl_fabric.aggregation",))

@@ -28,6 +28,9 @@ class ClientResult:
         param_norm: L2 norm of the trained floating-point params, read with the losses in the client's one host
             sync; NaN or inf when they diverged. None when the trainer did not measure it (the fault guard then
             checks the params itself).
+        grad_mean: mean of the mini-batch gradients over the local steps (flat float32, CPU), and
+        grad_sq_mean: mean of their squared L2 norms; both only for selectors that set ``needs_grad_stats``
+            (DELTA's gradient diversity and local variance), else None.
     """
 
     client_id: int
@@ -37,6 +40,20 @@ class ClientResult:
     loss: float
     loss_sq_sum: float
     param_norm: float | None = None
+    grad_mean: Tensor | None = field(default=None, compare=False, repr=False)
+    grad_sq_mean: float | None = None
+
+    @property
+    def grad_sigma(self) -> float | None:
+        """Norm of the std of the mini-batch gradients: sqrt(mean ||g_b||^2 - ||mean g_b||^2) (None if not measured).
+
+        >>> import torch
+        >>> ClientResult(0, 2, 2, 2, 0.0, 0.0, grad_mean=torch.tensor([1.0, 0.0]), grad_sq_mean=5.0).grad_sigma
+        2.0
+        """
+        if self.grad_mean is None or self.grad_sq_mean is None:
+            return None
+        return math.sqrt(max(self.grad_sq_mean - float(self.grad_mean.double().square().sum()), 0.0))
 
     @property
     def diverged(self) -> bool:
@@ -111,16 +128,20 @@ class SelectionContext:
         num_samples: training samples per client, indexed by client id (all clients).
         history: per-client history (last loss, times selected, last round seen).
         rng: the selection stream's seeded generator; selectors draw from it only.
-        probe: ``probe(ids, batch_size=None)`` returns the current loss of the global model on each given
-            client: on its full local data, or with ``batch_size=b`` on its first seeded mini-batch of b
-            samples of this round. Its cost is counted: one model download per probed client, the forward
-            FLOPs, and the simulated time (`ProbeTally`, ``cost/probe_*``).
+        probe: ``probe(ids, batch_size=None, signal="loss")`` returns, for each given client, the current loss of
+            the global model on its full local data (or with ``batch_size=b`` on its first seeded mini-batch of b
+            samples of this round); with ``signal="update_norm"`` the L2 norm of the update its local training
+            from the global model would send (it trains; the round's training of the same client is identical).
+            Its cost is counted: one model download per probed client, the forward FLOPs (the training FLOPs for
+            ``update_norm``), and the simulated time (`ProbeTally`, ``cost/probe_*``), energy and bytes.
         profiles: per-client system profiles (`csfl_fabric.data.systems.SystemProfiles`: speeds, bandwidths,
-            expected compute and transfer seconds, the deadline), or None.
+            expected compute and transfer seconds, energy, the deadline and the round budgets), or None.
         batch_size: the local training batch size (``train.batch_size``), for mini-batch probes; None outside a run.
         probe_gradients: ``probe_gradients(ids)`` returns, as a float32 array of one row per id, each client's
             full-batch gradient of its mean training loss at the current global model (DivFL's signal); counted
             like ``probe`` plus a backward pass and a model-sized upload per client. None where not provided.
+        label_histograms: K x C label counts of every client's training data, only for selectors that set
+            ``needs_label_histograms`` (it reveals each client's label distribution to the server), else None.
     """
 
     round: int
@@ -133,6 +154,7 @@ class SelectionContext:
     profiles: Any = None
     batch_size: int | None = None
     probe_gradients: Callable[..., np.ndarray] | None = None
+    label_histograms: np.ndarray | None = None
 
 
 @dataclass
@@ -143,9 +165,10 @@ class ProbeTally:
         ids: the distinct clients that received the global model for a probe (one download each; a probed
             client that is then selected trains from that copy).
         forward_samples: samples passed forward by loss probes (``ctx.probe``).
-        gradient_samples: samples passed forward and backward by gradient probes (``ctx.probe_gradients``).
-        uploads: model-sized vectors sent back, one per client and gradient probe (a probed loss is one scalar,
-            not counted).
+        gradient_samples: samples passed forward and backward by gradient probes (``ctx.probe_gradients``)
+            and by update-norm probes (``ctx.probe(..., signal="update_norm")``, which train).
+        uploads: model-sized vectors sent back, one per client and gradient probe (a probed loss or norm is
+            one scalar, not counted).
     """
 
     ids: set[int] = field(default_factory=set)
@@ -163,12 +186,17 @@ class Selection:
         probs: inclusion probabilities of the selected clients, for logging and unbiased re-weighting.
         scores: the selector's scores of the selected clients, for logging.
         weights: aggregation weights that replace the sample counts (e.g. 1/m for a simple average).
+        absolute_weights: False: the new global model is the ``weights``-weighted mean of the clients' params.
+            True: ``weights`` are the absolute coefficients a_k of an unbiased estimator of the full-participation
+            update, ``global + sum_k a_k (params_k - global)``, whose coefficients need not sum to 1 (Scheme II's
+            K/m p_k, the 1/p_k of importance sampling); the global model keeps the mass 1 - sum_k a_k.
     """
 
     ids: np.ndarray
     probs: np.ndarray | None = None
     scores: np.ndarray | None = None
     weights: np.ndarray | None = None
+    absolute_weights: bool = False
 
 
 @dataclass(frozen=True)

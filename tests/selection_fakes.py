@@ -2,7 +2,8 @@
 
 Reusable by every selector test (and by the system.* selectors once merged): `simulate` drives any
 registered selector through rounds with a partially available client set, deterministic probe losses,
-fake `ClientResult`s and, for selectors with ``needs_updates``, fake update vectors.
+fake `ClientResult`s and, for selectors that declare them, fake update vectors (``needs_updates``), label
+histograms (``needs_label_histograms``), gradient statistics (``needs_grad_stats``) and update-norm probes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.system_fakes import fake_profiles
 NUM_CLIENTS = 12
 K = 4
 UPDATE_DIM = 6
+NUM_CLASSES = 4
 #: Builds ``ctx.profiles`` for selectors with ``needs_profiles`` as ``factory(num_clients, seed)``.
 PROFILE_FACTORY: Callable[[int, int], Any] | None = fake_profiles
 
@@ -36,6 +38,26 @@ def fake_update(round_idx: int, client_id: int) -> torch.Tensor:
     rng = np.random.default_rng([round_idx, client_id])
     direction = np.eye(UPDATE_DIM)[client_id % 2] * 3.0
     return torch.tensor(direction + rng.normal(0, 0.3, UPDATE_DIM), dtype=torch.float32)
+
+
+def fake_histograms(num_clients: int) -> np.ndarray:
+    """Label counts: client c holds 10 + c samples of class c % 4 and c of class (c + 1) % 4."""
+    h = np.zeros((num_clients, NUM_CLASSES), dtype=np.int64)
+    for c in range(num_clients):
+        h[c, c % NUM_CLASSES] += 10 + c
+        h[c, (c + 1) % NUM_CLASSES] += c
+    return h
+
+
+def fake_result(round_idx: int, client_id: int, num_samples: int, grad_stats: bool = False) -> ClientResult:
+    """A client's fake report; with ``grad_stats`` its mean gradient (-update) and a client-dependent variance."""
+    loss = fake_loss(round_idx, client_id)
+    extra: dict[str, Any] = {}
+    if grad_stats:
+        mean = -fake_update(round_idx, client_id)
+        extra = {"grad_mean": mean, "grad_sq_mean": float(mean.square().sum()) + (0.1 * client_id) ** 2}
+    return ClientResult(client_id=client_id, num_samples=num_samples, num_steps=1, samples_processed=num_samples,
+                        loss=loss * 0.9, loss_sq_sum=float(num_samples) * loss**2, **extra)
 
 
 @dataclass
@@ -70,8 +92,10 @@ class FakeLoop:
     def context(self, round_idx: int, selector: ClientSelector, k: int = K) -> SelectionContext:
         """The round's context; profiles only for selectors that declare ``needs_profiles``."""
 
-        def probe(ids: Any, batch_size: int | None = None) -> np.ndarray:
+        def probe(ids: Any, batch_size: int | None = None, signal: str = "loss") -> np.ndarray:
             self.probed.append([int(c) for c in ids])
+            if signal == "update_norm":
+                return np.array([float(fake_update(round_idx, int(c)).norm()) for c in ids])
             return np.array([fake_loss(round_idx, int(c), batch_size) for c in ids])
 
         def probe_gradients(ids: Any) -> np.ndarray:
@@ -83,16 +107,15 @@ class FakeLoop:
         profiles = None
         if getattr(selector, "needs_profiles", False) and PROFILE_FACTORY is not None:
             profiles = PROFILE_FACTORY(len(self.num_samples), self.seed)
+        histograms = fake_histograms(len(self.num_samples)) if selector.needs_label_histograms else None
         return SelectionContext(round=round_idx, k=k, available=self.available(round_idx),
                                 num_samples=self.num_samples.copy(), history=self.history, rng=self.rng,
                                 probe=probe, profiles=profiles, batch_size=self.batch_size,
-                                probe_gradients=probe_gradients)
+                                probe_gradients=probe_gradients, label_histograms=histograms)
 
     def feedback(self, round_idx: int, selection: Selection, selector: ClientSelector) -> Feedback:
         """Fake results for the selected clients; records them in the history like the orchestrator does."""
-        results = [ClientResult(client_id=int(c), num_samples=int(self.num_samples[c]), num_steps=1,
-                                samples_processed=int(self.num_samples[c]), loss=fake_loss(round_idx, int(c)) * 0.9,
-                                loss_sq_sum=float(self.num_samples[c]) * fake_loss(round_idx, int(c)) ** 2)
+        results = [fake_result(round_idx, int(c), int(self.num_samples[c]), selector.needs_grad_stats)
                    for c in selection.ids.tolist()]
         self.history.record(round_idx, results)
         updates = None

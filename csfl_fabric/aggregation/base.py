@@ -69,11 +69,19 @@ class Aggregator(ABC):
         self._sums: Params = {}  # views into _flat, for the floating-point entries
         self._total = 0.0  # a Python float (float64): sample counts stay exact, and adding to it costs no kernel
         self._result: Params | None = None
+        self._absolute = False
         # Rows of a cohort chunk not yet folded in: (the chunk, row indices, weights); see `_fold_chunk`.
         self._pending: tuple[dict[str, Tensor], list[int], list[float]] | None = None
 
-    def reset(self, global_params: Params) -> None:
-        """Start a round from ``global_params`` (copied, so later changes to them do not leak in)."""
+    def reset(self, global_params: Params, absolute: bool = False) -> None:
+        """Start a round from ``global_params`` (copied, so later changes to them do not leak in).
+
+        Args:
+            global_params: the round's global model.
+            absolute: the weights are an unbiased estimator's absolute coefficients a_k (`Selection.absolute_weights`):
+                `compute` averages ``sum_k a_k p_k + (1 - sum_k a_k) global`` instead of dividing by ``sum_k a_k``.
+        """
+        self._absolute = absolute
         # The sums are laid out as the global params' buffer: a client laid out alike is folded in by one add.
         if isinstance(global_params, FlatParams):
             self._global, self._layout = global_params.clone(), global_params.layout
@@ -183,6 +191,9 @@ class Aggregator(ABC):
         _check_total_weight(self._total)
         names = list(self._layout.names)
         x = [self._global[k].to(device=self._flat.device, dtype=torch.float32) for k in names]
+        if self._absolute:  # sum_k a_k p_k + (1 - sum_k a_k) x: the global model keeps the mass the weights leave
+            torch._foreach_add_(list(self._layout.views(self._flat).values()), x, alpha=1.0 - self._total)
+            self._total = 1.0
         mean = list(self._layout.views(self._flat.div_(self._total)).values())  # the sums are not needed after
         new = self.step(names, x, mean)
         self.num_rounds += 1

@@ -103,6 +103,12 @@ class SystemsConfig:
     deadline: float | None = None
     deadline_policy: str = "drop"
     overcommit: float = 1.0
+    # Energy model (assumptions, README "Energy and budgets") and per-round budgets enforced by the clock.
+    compute_power_w: float = 2.0
+    transfer_power_w: float = 1.0
+    time_budget_s: float | None = None
+    energy_budget_j: float | None = None
+    bytes_budget: float | None = None
 
 
 @dataclass

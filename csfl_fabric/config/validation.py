@@ -123,6 +123,13 @@ def _validate_systems(s: SystemsConfig) -> None:
         raise ConfigError(f"Expected `systems.dropout` to be in [0, 1) but got {s.dropout}.")
     if s.deadline is not None and not s.deadline > 0:
         raise ConfigError(f"Expected `systems.deadline` to be > 0 seconds or null but got {s.deadline}.")
+    for key in ("compute_power_w", "transfer_power_w"):
+        if not getattr(s, key) >= 0:
+            raise ConfigError(f"Expected `systems.{key}` to be >= 0 watts but got {getattr(s, key)}.")
+    for key in ("time_budget_s", "energy_budget_j", "bytes_budget"):
+        value = getattr(s, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"Expected `systems.{key}` to be > 0 or null (no budget) but got {value}.")
     if not s.overcommit >= 1:
         raise ConfigError(f"Expected `systems.overcommit` to be >= 1 (e.g. 1.3 as in Oort) but got {s.overcommit}.")
 

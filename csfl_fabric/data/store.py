@@ -183,6 +183,18 @@ class ClientStore:
         """Samples per client (int64; a copy, so callers cannot change the store)."""
         return self._num_samples.copy()
 
+    def label_histograms(self, num_classes: int | None = None) -> np.ndarray:
+        """Label counts per client, K x C (C = ``num_classes``, or the largest training label + 1).
+
+        >>> parts = [np.array([0, 1, 2]), np.array([3])]
+        >>> store = ClientStore(torch.zeros(4), torch.tensor([0, 2, 2, 1]), parts, seed=0)
+        >>> store.label_histograms().tolist()
+        [[1, 0, 2], [0, 1, 0]]
+        """
+        y = self.y.cpu().long()
+        c = int(num_classes) if num_classes is not None else (int(y.max()) + 1 if len(y) else 0)
+        return np.stack([torch.bincount(y[ix.cpu()], minlength=c).numpy() for ix in self._indices]).astype(np.int64)
+
     def client(self, client_id: int, round_idx: int) -> ClientData:
         """The data of ``client_id`` for round ``round_idx``; the single way clients get their data."""
         if not 0 <= client_id < self.num_clients:

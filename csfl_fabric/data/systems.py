@@ -7,7 +7,14 @@ to finish, with over-commitment), or at the deadline when some selected client d
 no deadline. Probing clients (``ctx.probe``, ``ctx.probe_gradients``) adds a phase before training that lasts
 as long as the slowest probed client: its model download, then a forward pass over its data (or one mini-batch)
 at a third of the cost of a training pass (`TRAIN_FLOPS_PER_FORWARD`), or for a gradient a forward and backward
-pass plus the gradient's upload. A probed client that is then selected trains from the model it downloaded.
+pass plus the gradient's upload, or for an update-norm probe its whole local training. A probed client that is
+then selected trains from the model it downloaded.
+
+Energy: a client sent the model spends ``compute_s * compute_power_w + 2 * transfer_s * transfer_power_w``
+joules (`round_energy`); a probe spends its compute time and its transfers. Per-round budgets of time, energy and
+bytes (``SystemProfiles.*_budget*``) are enforced here for every selector: clients are sent the model in selection
+order while the round's energy and bytes (probes included) fit, and a client whose probe phase plus duration
+would pass the time budget is cut.
 
 Availability and dropouts draw one uniform per client and round from their own streams, whether or not the
 client is selected, so every method sees the same draws for the same seed.
@@ -32,7 +39,38 @@ from csfl_fabric.state import Selection
 TRAIN_FLOPS_PER_FORWARD = 3
 
 #: Why a selected client did or did not report, per position of the selection (`RoundPlan.status`).
-KEPT, DROPOUT, LATE, CUT = "kept", "dropout", "late", "overcommit"
+KEPT, DROPOUT, LATE, CUT, BUDGET = "kept", "dropout", "late", "overcommit", "budget"
+
+
+def round_energy(compute_s: np.ndarray, transfer_s: np.ndarray, compute_power_w: float,
+                 transfer_power_w: float) -> np.ndarray:
+    """Joules of one round per client: compute at ``compute_power_w``, a download and an upload at ``transfer_power_w``.
+
+    >>> round_energy(np.array([10.0]), np.array([2.0]), compute_power_w=2.0, transfer_power_w=1.0).tolist()
+    [24.0]
+    """
+    compute, transfer = np.asarray(compute_s, dtype=float), np.asarray(transfer_s, dtype=float)
+    return compute * compute_power_w + 2 * transfer * transfer_power_w
+
+
+def admit(costs: np.ndarray, budget: float | None, spent: float = 0.0) -> np.ndarray:
+    """Which of ``costs`` (in priority order) fit ``budget`` after ``spent``: each is admitted if it still fits.
+
+    A client that does not fit is skipped and the next ones are still tried (first fit in selection order).
+
+    >>> admit(np.array([3.0, 5.0, 1.0]), budget=5.0, spent=1.0).tolist()
+    [True, False, True]
+    >>> admit(np.array([3.0]), budget=None).tolist()
+    [True]
+    """
+    ok = np.ones(len(costs), dtype=bool)
+    if budget is None:
+        return ok
+    left = budget - spent
+    for i, c in enumerate(np.asarray(costs, dtype=float)):
+        ok[i] = c <= left + 1e-9 * max(abs(budget), 1.0)  # round-off of sums of joules or bytes
+        left -= c if ok[i] else 0.0
+    return ok
 
 
 def samples_per_round(num_samples: np.ndarray, batch_size: int, epochs: int = 1,
@@ -127,6 +165,11 @@ class SystemProfiles:
         compute_s: expected seconds of local training in one round.
         transfer_s: seconds of one model transfer (``model_bytes / bandwidth``).
         deadline: the round deadline in seconds, or None.
+        compute_power_w: watts drawn while training (an assumption; see the README).
+        transfer_power_w: watts drawn by the radio while sending or receiving (an assumption).
+        time_budget_s: most simulated seconds a round may last, probe phase included, or None.
+        energy_budget_j: most joules the round's clients may spend together, probes included, or None.
+        bytes_budget: most bytes a round may move (probe downloads, a download and an upload per client), or None.
     """
 
     speed: np.ndarray
@@ -135,11 +178,21 @@ class SystemProfiles:
     compute_s: np.ndarray
     transfer_s: np.ndarray
     deadline: float | None = None
+    compute_power_w: float = 2.0
+    transfer_power_w: float = 1.0
+    time_budget_s: float | None = None
+    energy_budget_j: float | None = None
+    bytes_budget: float | None = None
 
     @property
     def duration(self) -> np.ndarray:
         """Expected seconds from download to upload: compute plus two transfers."""
         return self.compute_s + 2 * self.transfer_s
+
+    @property
+    def energy_j(self) -> np.ndarray:
+        """Expected joules of one round per client (`round_energy`)."""
+        return round_energy(self.compute_s, self.transfer_s, self.compute_power_w, self.transfer_power_w)
 
 
 @dataclass(frozen=True)
@@ -149,9 +202,11 @@ class RoundPlan:
     Attributes:
         ids: the selected ids, in selection order.
         durations: each selected client's duration in seconds (also for those that did not report).
-        status: `KEPT`, `DROPOUT`, `LATE` (missed the deadline) or `CUT` (over-committed, not among the first k).
+        status: `KEPT`, `DROPOUT`, `LATE` (missed the deadline), `CUT` (over-committed, not among the first k) or
+            `BUDGET` (not sent the model within the energy or bytes budget, or cut at the time budget).
         round_s: simulated seconds of the round, including the probe phase.
         probe_s: seconds of the probe phase.
+        energy_j: joules of the round: the probes and every client sent the model (in full, also one that drops).
     """
 
     ids: np.ndarray
@@ -159,6 +214,7 @@ class RoundPlan:
     status: tuple[str, ...]
     round_s: float
     probe_s: float = 0.0
+    energy_j: float = 0.0
     kept: np.ndarray = field(init=False)
     dropped: np.ndarray = field(init=False)
 
@@ -176,7 +232,8 @@ class RoundPlan:
             return None if a is None else np.asarray(a)[self.kept]
 
         return Selection(ids=np.asarray(selection.ids)[self.kept], probs=take(selection.probs),
-                         scores=take(selection.scores), weights=take(selection.weights))
+                         scores=take(selection.scores), weights=take(selection.weights),
+                         absolute_weights=selection.absolute_weights)
 
     def count(self, status: str) -> int:
         """How many selected clients ended with ``status``."""
@@ -214,7 +271,8 @@ class SystemModel:
         self.dropout, self.deadline_policy, self.overcommit = dropout, deadline_policy, overcommit
         self._availability_rng, self._dropout_rng = availability_rng, dropout_rng
         self.total_s = 0.0
-        self._probe_s = 0.0
+        self.total_j = 0.0
+        self._probe_s = self._probe_j = self._probe_bytes = 0.0
         self._probed = np.zeros(0, dtype=np.int64)  # this round's probed clients: they already hold the model
 
     def num_to_select(self, k: int) -> int:
@@ -232,23 +290,33 @@ class SystemModel:
             return ids[ids < self.num_clients]
         return np.arange(self.num_clients)
 
-    def record_probe(self, ids: Sequence[int], batch_size: int | None = None, gradients: bool = False) -> None:
+    def record_probe(self, ids: Sequence[int], batch_size: int | None = None, gradients: bool = False,
+                     train: bool = False) -> None:
         """Count a probe of ``ids``: the probe phase lasts until the slowest probed client is done.
 
         A client's probe time is its model download plus a forward pass over its data (or a mini-batch of
         ``batch_size`` samples) at ``speed * TRAIN_FLOPS_PER_FORWARD`` samples/s; with ``gradients``, a forward
-        and backward pass over its data at ``speed`` plus the upload of the gradient.
+        and backward pass over its data at ``speed`` plus the upload of the gradient; with ``train``, its whole
+        local training (an update-norm probe). Energy and bytes count one download per client and round (a
+        client probed twice keeps the model) and the gradients' uploads.
         """
         probed = np.asarray(ids, dtype=np.int64)
         if len(probed):
+            p = self.profiles
             samples = self.num_samples[probed]
-            if gradients:
-                cost = samples / self.profiles.speed[probed] + 2 * self.profiles.transfer_s[probed]
+            if train:
+                compute = p.compute_s[probed]
+            elif gradients:
+                compute = samples / p.speed[probed]
             else:
                 evaluated = samples if batch_size is None else np.minimum(samples, batch_size)
-                forward_speed = TRAIN_FLOPS_PER_FORWARD * self.profiles.speed[probed]
-                cost = evaluated / forward_speed + self.profiles.transfer_s[probed]
-            self._probe_s = max(self._probe_s, float(cost.max()))
+                compute = evaluated / (TRAIN_FLOPS_PER_FORWARD * p.speed[probed])
+            uploads = 1 if gradients else 0
+            self._probe_s = max(self._probe_s, float((compute + (1 + uploads) * p.transfer_s[probed]).max()))
+            fresh = ~np.isin(probed, self._probed)
+            transfers = (fresh + uploads) * p.transfer_s[probed]
+            self._probe_j += float((compute * p.compute_power_w + transfers * p.transfer_power_w).sum())
+            self._probe_bytes += float(p.model_bytes * (fresh.sum() + uploads * len(probed)))
             self._probed = np.union1d(self._probed, probed)
 
     def plan(self, ids: np.ndarray, k: int) -> RoundPlan:
@@ -259,16 +327,27 @@ class SystemModel:
             k: how many updates the server waits for (``rounds.clients_per_round``).
         """
         ids = np.asarray(ids, dtype=np.int64)
+        p = self.profiles
         # A client probed this round already downloaded the global model: its round has one transfer less.
-        saved = np.where(np.isin(ids, self._probed), self.profiles.transfer_s[ids], 0.0)
-        durations = self.profiles.duration[ids] - saved
-        deadline = self.profiles.deadline
+        held = np.isin(ids, self._probed)
+        saved = np.where(held, p.transfer_s[ids], 0.0)
+        durations = p.duration[ids] - saved
+        energy_j = p.energy_j[ids] - saved * p.transfer_power_w
+        deadline = p.deadline
         status = np.full(len(ids), KEPT, dtype=object)
+        # Budgets first: a client that does not fit the round's energy or bytes is never sent the model.
+        sent = admit(energy_j, p.energy_budget_j, self._probe_j) & admit(
+            np.where(held, 1.0, 2.0) * p.model_bytes, p.bytes_budget, self._probe_bytes)
+        status[~sent] = BUDGET
         if self.dropout > 0:
             # Drawn for every client, selected or not, so the draws do not depend on the selector.
-            status[self._dropout_rng.random(self.num_clients)[ids] < self.dropout] = DROPOUT
+            status[(status == KEPT) & (self._dropout_rng.random(self.num_clients)[ids] < self.dropout)] = DROPOUT
         if deadline is not None and self.deadline_policy == "drop":
             status[(status == KEPT) & (durations > deadline)] = LATE
+        over_time = np.zeros(len(ids), dtype=bool)
+        if p.time_budget_s is not None:
+            over_time = (status == KEPT) & (self._probe_s + durations > p.time_budget_s)
+            status[over_time] = BUDGET
         finishers = np.flatnonzero(status == KEPT)
         status[finishers[np.argsort(durations[finishers], kind="stable")][k:]] = CUT
         kept = durations[status == KEPT]
@@ -279,10 +358,15 @@ class SystemModel:
             train_s = float(deadline)  # the server cannot know that nobody else will report before the deadline
         else:
             train_s = float(kept.max()) if len(kept) else 0.0
+        if p.time_budget_s is not None:
+            left = max(p.time_budget_s - self._probe_s, 0.0)  # a probe phase past the budget leaves no training
+            train_s = left if over_time.any() and len(kept) < k else min(train_s, left)
+        energy = self._probe_j + float(energy_j[sent].sum())
         plan = RoundPlan(ids=ids, durations=durations, status=tuple(status.tolist()),
-                         round_s=self._probe_s + train_s, probe_s=self._probe_s)
+                         round_s=self._probe_s + train_s, probe_s=self._probe_s, energy_j=energy)
         self.total_s += plan.round_s
-        self._probe_s = 0.0
+        self.total_j += energy
+        self._probe_s = self._probe_j = self._probe_bytes = 0.0
         self._probed = np.zeros(0, dtype=np.int64)
         return plan
 
@@ -299,7 +383,9 @@ class SystemModel:
         """The round's clock and report counts for metrics.csv (deterministic for a seed)."""
         return {"time/sim_round_s": plan.round_s, "time/sim_total_s": self.total_s,
                 "select/num_dropped": float(len(plan.dropped)), "select/num_dropout": float(plan.count(DROPOUT)),
-                "select/num_late": float(plan.count(LATE) + self._late_waited(plan))}
+                "select/num_late": float(plan.count(LATE) + self._late_waited(plan)),
+                "select/num_over_budget": float(plan.count(BUDGET)),
+                "cost/energy_j": plan.energy_j, "cost/energy_j_total": self.total_j}
 
     def _late_waited(self, plan: RoundPlan) -> int:
         # Under `wait`, late clients are kept; count them so the deadline's effect is still visible.
@@ -310,11 +396,13 @@ class SystemModel:
 
     def state_dict(self) -> dict[str, Any]:
         """The clock and both streams' positions: a resumed run continues with identical draws and times."""
-        return {"total_s": self.total_s, "availability_rng": self._availability_rng.bit_generator.state,
+        return {"total_s": self.total_s, "total_j": self.total_j,
+                "availability_rng": self._availability_rng.bit_generator.state,
                 "dropout_rng": self._dropout_rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
         self.total_s = float(state["total_s"])
+        self.total_j = float(state.get("total_j", 0.0))  # checkpoints written before the energy model had none
         self._availability_rng.bit_generator.state = state["availability_rng"]
         self._dropout_rng.bit_generator.state = state["dropout_rng"]

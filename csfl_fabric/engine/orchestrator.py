@@ -60,6 +60,10 @@ def flat_update(params: Params, global_params: Params) -> Tensor:
     return torch.cat(deltas).cpu()
 
 
+#: What `Orchestrator.probe` can measure on a client before the round (`SelectionContext.probe`).
+PROBE_SIGNALS = ("loss", "update_norm")
+
+
 class Orchestrator:
     """Runs the rounds of one federated simulation and fires the hooks of `csfl_fabric.callbacks.HOOKS`.
 
@@ -109,6 +113,8 @@ class Orchestrator:
         # The round's flattened client updates, kept by `_train` only for selectors with `needs_updates`.
         self._updates: dict[int, Tensor] | None = None
         self.probes = ProbeTally()  # the current round's probe costs (`probe`, `probe_gradients`)
+        # A declared signal: computed once, and only for selectors that opt in (it reveals the clients' labels).
+        self.label_histograms = store.label_histograms() if selector.needs_label_histograms else None
 
     def run(self) -> RunState:
         """Run from ``state.round`` to the last round (or until a callback sets ``state.should_stop``)."""
@@ -182,6 +188,7 @@ class Orchestrator:
         state.history.record(r, results, selection.ids, plan.dropped)  # type: ignore[union-attr]
         self.selector.update(Feedback(round=r, selection=selection, results=results, durations=plan.durations,
                                       dropped=plan.dropped, updates=self._updates))
+        state.metrics.update(self.selector.metrics())
 
         # 5. Metrics, with evaluation every `eval_every` rounds and always in the last one.
         state.metrics.update(self._round_metrics(selection, results))
@@ -199,7 +206,7 @@ class Orchestrator:
 
     def _train(self, selection: Selection, r: int) -> list[ClientResult]:
         state = self.state
-        self.aggregator.reset(self.global_params)
+        self.aggregator.reset(self.global_params, absolute=selection.absolute_weights)
         results: dict[int, ClientResult] = {}
         updates: dict[int, Tensor] | None = {} if self.selector.needs_updates else None
         # This rank's share of the cohort (all of it in one process), as positions in the selection.
@@ -237,10 +244,11 @@ class Orchestrator:
             num_samples=self.store.num_samples,
             history=self.state.history,  # type: ignore[arg-type]
             rng=self.selection_rng,
-            probe=lambda ids, batch_size=None: self.probe(ids, r, batch_size),
+            probe=lambda ids, batch_size=None, signal="loss": self.probe(ids, r, batch_size, signal),
             profiles=self.systems.profiles,
             batch_size=self.trainer.settings.batch_size,
             probe_gradients=lambda ids: self.probe_gradients(ids, r),
+            label_histograms=self.label_histograms,
         )
 
     def _select(self, ctx: SelectionContext) -> Selection:
@@ -255,15 +263,30 @@ class Orchestrator:
             if isinstance(logger, WandbLogger):
                 logger.log_selection(r, selection, plan.durations, plan.status)
 
-    def probe(self, ids: Sequence[int], round_idx: int, batch_size: int | None = None) -> np.ndarray:
-        """Current loss of the global model on each of ``ids``, its cost counted (`ProbeTally`, the clock).
+    def probe(self, ids: Sequence[int], round_idx: int, batch_size: int | None = None,
+              signal: str = "loss") -> np.ndarray:
+        """Current loss (or update norm) of each of ``ids``, its cost counted (`ProbeTally`, the clock).
 
-        ``batch_size=None`` evaluates each client's full local data; an int, its first seeded mini-batch.
+        ``signal="loss"``: the global model's loss, with ``batch_size=None`` on each client's full local data,
+        with an int on its first seeded mini-batch. ``signal="update_norm"``: the L2 norm of the update of the
+        client's local training from the global model (the same training it would do if selected this round).
         """
+        if signal not in PROBE_SIGNALS:
+            raise ValueError(f"Expected a probe `signal` in {PROBE_SIGNALS} but got {signal!r}.")
+        clients = [self.store.client(int(c), round_idx) for c in ids]
+        if signal == "update_norm":
+            # It trains: priced as the clients' local training (forward and backward), one download each.
+            self.systems.record_probe(ids, train=True)
+            norms, processed = [], 0
+            for params, result in self.trainer.fit_many(self.global_params, clients):
+                # The params are views of the reused model: take the norm before the next client trains.
+                norms.append(float(flat_update(params, self.global_params).norm()))
+                processed += result.samples_processed
+            self._count_probe(ids, 0, gradient_samples=processed)
+            return np.array(norms, dtype=float)
         samples = self.store.num_samples[np.asarray(ids, dtype=np.int64)]
         self._count_probe(ids, int((samples if batch_size is None else np.minimum(samples, batch_size)).sum()))
         self.systems.record_probe(ids, batch_size)
-        clients = [self.store.client(int(c), round_idx) for c in ids]
         return self.trainer.losses(self.global_params, clients, batch_size)
 
     def probe_gradients(self, ids: Sequence[int], round_idx: int) -> np.ndarray:

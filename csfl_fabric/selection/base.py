@@ -30,6 +30,10 @@ class ClientSelector(ABC):
     #: exploration), so that with one client per round they may pick the same client every round by design;
     #: the class docstring says why. Every other method must keep exploring at k=1 (a contract test checks it).
     deterministic: bool = False
+    #: Set by methods that read ``ctx.label_histograms`` (each client's label counts: the server learns them).
+    needs_label_histograms: bool = False
+    #: Set by methods that need ``ClientResult.grad_mean`` / ``grad_sq_mean`` (per-step gradient statistics).
+    needs_grad_stats: bool = False
 
     @abstractmethod
     def select(self, ctx: SelectionContext) -> Selection:
@@ -37,6 +41,10 @@ class ClientSelector(ABC):
 
     def update(self, feedback: Feedback) -> None:  # noqa: B027 - optional hook
         """Called after aggregation with the round's selection and the trained clients' results."""
+
+    def metrics(self) -> dict[str, float]:
+        """Values to log for the round just fed back (``select/...`` keys, e.g. a bandit's reward); after `update`."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the selector has learnt, for checkpoints."""
@@ -118,3 +126,13 @@ def size_probs(ctx: SelectionContext) -> np.ndarray:
     """Data-size probabilities p_k = n_k / sum_j n_j over ``ctx.available``, in its order."""
     n = ctx.num_samples[ctx.available].astype(float)
     return n / n.sum()
+
+
+def top_k_random_ties(scores: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of the ``k`` highest ``scores``, equal scores in random order (a permutation, then a stable sort).
+
+    >>> top_k_random_ties(np.array([0.1, 0.9, 0.5]), 2, np.random.default_rng(0)).tolist()
+    [1, 2]
+    """
+    order = rng.permutation(len(scores))
+    return order[np.argsort(-np.asarray(scores, dtype=float)[order], kind="stable")[:k]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -161,6 +162,7 @@ class CohortTrainer(ClientTrainer):
         x_all, y_all = clients[0].x, clients[0].y
         loss_sum = torch.zeros(n, device=self.fabric.device)
         sq_sum = torch.zeros(n, device=self.fabric.device)
+        stats = _ChunkGradStats({k: start[k] for k in self._param_keys}, n) if self.grad_stats else None
         for t in range(len(plan.index)):
             index = plan.index[t].reshape(-1)
             x = x_all.index_select(0, index).view(n, -1, *x_all.shape[1:])
@@ -169,6 +171,8 @@ class CohortTrainer(ClientTrainer):
             if s.mu > 0:
                 # FedProx (Li et al., MLSys 2020): the gradient of mu/2 ||w - w_global||^2 is mu (w - w_global).
                 grads = {k: g.add_(params[k] - start[k], alpha=s.mu) for k, g in grads.items()}
+            if stats is not None:  # a finished client's masked gradient is exactly zero: its sums stop growing
+                stats.add(grads)
             masked = losses.float() * plan.mask[t]
             loss_sum += masked.sum(1)
             sq_sum += masked.square().sum(1)
@@ -191,7 +195,29 @@ class CohortTrainer(ClientTrainer):
                 loss=totals[i] / max(plan.samples[i], 1),
                 loss_sq_sum=squares[i],
                 param_norm=norms_[i],
+                **(stats.result(i, plan.num_steps[i]) if stats is not None else {}),
             )
+
+
+class _ChunkGradStats:
+    """`training.sequential.GradStats` over a chunk: per-client sums of the gradients and their squared norms."""
+
+    def __init__(self, params: Params, n: int) -> None:
+        self.sums = {k: torch.zeros((n, *p.shape), dtype=torch.float32, device=p.device) for k, p in params.items()}
+        first = next(iter(params.values()), None)
+        self.sq = torch.zeros(n, dtype=torch.float32, device=first.device if first is not None else "cpu")
+
+    def add(self, grads: Params) -> None:
+        """Fold in one step's stacked gradients."""
+        for k, g in grads.items():
+            self.sums[k] += g.float()
+            self.sq += g.float().reshape(len(self.sq), -1).square().sum(1)
+
+    def result(self, i: int, steps: int) -> dict[str, Any]:
+        """Client ``i``'s ``grad_mean`` and ``grad_sq_mean`` over its ``steps`` steps."""
+        n = max(steps, 1)
+        mean = torch.cat([t[i].reshape(-1) for t in self.sums.values()]).div_(n).cpu()
+        return {"grad_mean": mean, "grad_sq_mean": float(self.sq[i]) / n}
 
 
 def _step(optimizer: FunctionalOptimizer, params: Params, grads: Params, active: Tensor | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +51,9 @@ class ClientTrainer:
     #: Whether ``settings.channels_last`` applies: convolution weights in channels-last order make every
     #: activation after them channels-last, which CPU kernels run faster (max-pooling ~16x on 8x8 maps).
     CHANNELS_LAST = True
+    #: Collect per-step gradient statistics (`ClientResult.grad_mean`, ``grad_sq_mean``); build.py turns it on
+    #: for selectors with ``needs_grad_stats`` (not a config key: the selector decides).
+    grad_stats = False
 
     def __init__(self, fabric: Fabric, model: nn.Module, settings: TrainSettings, num_classes: int) -> None:
         self.fabric = fabric
@@ -129,6 +133,7 @@ class ClientTrainer:
         self._train_mode()
         anchor = [global_params[k] for k in self._param_keys] if s.mu > 0 else None
         per_sample: list[Tensor] = []  # concatenated once per client: no per-batch reductions
+        stats = GradStats(self._params) if self.grad_stats else None
         seen = steps = 0
         for x, y in client.batches(s.batch_size, epochs=s.local_epochs, steps=s.local_steps):
             with self._precision.forward_context():
@@ -141,6 +146,8 @@ class ClientTrainer:
                 # FedProx (Li et al., MLSys 2020): the gradient of mu/2 ||w - w_global||^2 is mu (w - w_global).
                 grads = [p.grad for p in self._params]
                 torch._foreach_add_(grads, torch._foreach_sub(self._params, anchor), alpha=s.mu)
+            if stats is not None:  # the gradient the step follows, before any clipping
+                stats.add([p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params])
             if s.clip_grad_norm is not None:
                 self.fabric.clip_gradients(self.model, self.optimizer, max_norm=s.clip_grad_norm)
             self._step()
@@ -157,6 +164,7 @@ class ClientTrainer:
             loss=total / max(seen, 1),
             loss_sq_sum=sq_total,
             param_norm=norm,
+            **(stats.result(steps) if stats is not None else {}),
         )
         return self._views.copy(), result
 
@@ -263,6 +271,33 @@ class ClientTrainer:
             rows.append(torch.cat([g.reshape(-1).float() for g in total]).cpu())
         dim = sum(p.numel() for p in self._params)
         return torch.stack(rows).numpy() if rows else np.zeros((0, dim), dtype=np.float32)
+
+
+class GradStats:
+    """Running sums of a client's mini-batch gradients and of their squared norms, on the device (no host sync).
+
+    >>> w = torch.zeros(2, requires_grad=True)
+    >>> stats = GradStats([w])
+    >>> stats.add([torch.tensor([1.0, 0.0])]); stats.add([torch.tensor([3.0, 0.0])])
+    >>> r = stats.result(2); r["grad_mean"].tolist(), r["grad_sq_mean"]
+    ([2.0, 0.0], 5.0)
+    """
+
+    def __init__(self, params: Sequence[Tensor]) -> None:
+        self.sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        self.sq = torch.zeros((), dtype=torch.float32, device=self.sums[0].device if self.sums else "cpu")
+
+    def add(self, grads: Sequence[Tensor]) -> None:
+        """Fold in one step's gradients (one per parameter, in order)."""
+        floats = [g.float() for g in grads]
+        torch._foreach_add_(self.sums, floats)
+        self.sq += torch.stack(torch._foreach_norm(floats)).square().sum()
+
+    def result(self, steps: int) -> dict[str, Any]:
+        """``grad_mean`` (flat float32 CPU) and ``grad_sq_mean`` over ``steps`` steps, for `ClientResult`."""
+        n = max(steps, 1)
+        mean = torch.cat([t.reshape(-1) for t in self.sums]).div_(n).cpu() if self.sums else torch.zeros(0)
+        return {"grad_mean": mean, "grad_sq_mean": float(self.sq) / n}
 
 
 def _client_stats(losses: list[Tensor], flat: Tensor | None) -> tuple[float, float, float | None]:
