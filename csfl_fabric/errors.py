@@ -26,8 +26,13 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or written by a different config."""
 
 
+class MissingExtraError(ImportError):
+    """A feature needs an optional dependency that is not installed; the message names the extra to install."""
+
+
 #: What the CLI turns into a one-line message and exit code 2 instead of a traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, UnknownNameError, InvalidParamsError, CheckpointError)
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, UnknownNameError, InvalidParamsError, CheckpointError,
+                                            MissingExtraError)
 
 
 class RunFailed(RuntimeError):

@@ -37,6 +37,8 @@ def add_commands(sub: Any) -> dict[str, Callable[[argparse.Namespace, Console], 
     cmp.add_argument("--sweep", nargs="+", default=[], metavar="KEY=V1,V2",
                      help="config keys to sweep (cartesian product); put overrides before --sweep")
     cmp.add_argument("--isolate", action="store_true", default=None, help="run each in its own subprocess")
+    cmp.add_argument("--new-study", action="store_true", help="if runs/<experiment> holds runs made with other "
+                     "settings, write to runs/<experiment>-<n> instead of refusing")
     _report_options(cmp)
     rep = sub.add_parser("report", help="rebuild the report of runs/<experiment> from its finished runs")
     rep.add_argument("runs_dir", help="an experiment directory, e.g. runs/quickstart")
@@ -60,17 +62,18 @@ def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
     fixed = [f"{k}={v[0]}" for k, v in sweep.items() if len(v) == 1]
     result = compare(args.config, methods=args.methods, seeds=args.seeds, overrides=[*args.overrides, *fixed],
                      sweep={k: v for k, v in sweep.items() if len(v) > 1}, isolate=args.isolate,
-                     baseline=args.baseline, test=args.test, fmt=args.fmt)
+                     baseline=args.baseline, test=args.test, fmt=args.fmt, new_study=args.new_study)
     for spec, action in result.runs:
         console.print(f"{action:>9}  {spec.run_dir.name}", soft_wrap=True)
     table = Table(title=f"{result.experiment_dir.name} (mean ± 95% CI over seeds; time in {result.report.time_unit})")
     columns = {"final_acc": "final acc", "best_acc": "best acc", "time_to_80pct": "time to 80%",
                "fair_participation_gini": "Gini", "wall_seconds": "wall s"}
-    for name in ("method", "seeds", *columns.values()):
-        table.add_column(name, justify="left" if name == "method" else "right")
+    for name in ("method", "seeds", "rounds", *columns.values()):
+        # Fold, never cut: at 80 columns a cut label ("heuristi…") no longer says which method it is.
+        table.add_column(name, justify="left" if name == "method" else "right", overflow="fold")
     for label, metrics in result.report.table.items():
         seeds = str(max((n for *_, n in metrics.values()), default=0))
-        table.add_row(label, seeds, *(cell(metrics.get(k)) for k in columns))
+        table.add_row(label, seeds, result.report.rounds.get(label, ""), *(cell(metrics.get(k)) for k in columns))
     console.print(table)
     console.print(f"Report: {result.report.report_dir / 'report.md'}", soft_wrap=True)
     return 0
@@ -93,7 +96,7 @@ def _cmd_runs(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(f"Runs directory `{args.runs_dir}` does not exist. Pass a directory that holds runs.")
     table = Table(title=f"runs in {args.runs_dir}", show_header=True)
     for column in ("run", "status", "rounds", "final acc", "best acc", "wall s"):
-        table.add_column(column, justify="left" if column in ("run", "status") else "right")
+        table.add_column(column, justify="left" if column in ("run", "status") else "right", overflow="fold")
     for r in load_runs(args.runs_dir):
         total = r.summary.get("rounds_completed", len(r.rows))
         s = r.summary

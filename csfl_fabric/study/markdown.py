@@ -52,10 +52,11 @@ def render(report: Report, records: Sequence[RunRecord], baseline: str, test: st
         f"seeds (Student t). Time (`time_to_*`, `auc_acc_time`) is measured in **{report.time_unit}**"
         + ("" if report.time_unit != "rounds" else " (no simulated clock: `time/sim_total_s` is not logged)")
         + "; `time_to_<p>pct` is the time to reach p% of the final accuracy gain over the initial model.", "",
+        *_settings_lines(report),
         "## Overview", "",
-        *_table(["method", "seeds", *OVERVIEW],
-                [[label, str(max((n for *_, n in m.values()), default=0)), *(cell(m.get(k)) for k in OVERVIEW)]
-                 for label, m in report.table.items()]),
+        *_table(["method", "seeds", "rounds", *OVERVIEW],
+                [[label, str(max((n for *_, n in m.values()), default=0)), report.rounds.get(label, ""),
+                  *(cell(m.get(k)) for k in OVERVIEW)] for label, m in report.table.items()]),
         "",
     ]
     for label, metrics in report.table.items():
@@ -69,6 +70,23 @@ def render(report: Report, records: Sequence[RunRecord], baseline: str, test: st
               ""]
     lines += ["## Plots", "", *(f"![{p.stem}]({p.name})" for p in report.plots), ""]
     return "\n".join(lines)
+
+
+def _settings_lines(report: Report) -> list[str]:
+    """What the runs share and where they differ: runs are pooled only when every other setting agrees."""
+    lines = []
+    if report.varied:
+        lines += [f"Runs differ in {', '.join(f'`{k}`' for k in report.varied)} besides method and seed; each "
+                  "combination is its own row (named in the method column), never pooled.", ""]
+    if report.shared:
+        lines += ["Settings every run shares (`study.yaml`): "
+                  + ", ".join(f"`{k}={v}`" for k, v in report.shared.items() if k.startswith(_HEADLINE)) + ".", ""]
+    return lines
+
+
+#: The shared settings report.md spells out (all of them are in study.yaml).
+_HEADLINE = ("data.dataset", "data.num_clients", "data.partition", "train.model", "train.lr", "train.local_",
+             "rounds.", "aggregator.name", "systems.availability", "systems.deadline")
 
 
 def _test_row(t: dict[str, Any]) -> list[str]:

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from csfl_fabric.errors import ConfigError
+from csfl_fabric.extras import require
 from csfl_fabric.study.markdown import render
-from csfl_fabric.study.plots import make_plots
 from csfl_fabric.study.records import Report, RunRecord, load_runs
-from csfl_fabric.study.stats import holm, mean_ci, paired_pvalue
+from csfl_fabric.study.settings import label_variants, read_study
 
 #: Per-run summary keys shown in the report (in this order) when present, with the direction that is better.
 METRICS: dict[str, str] = {
@@ -29,6 +29,8 @@ TESTED: tuple[str, ...] = ("final_acc", "best_acc", "auc_acc_time", "time_to_80p
 
 def aggregate(records: Sequence[RunRecord]) -> dict[str, dict[str, tuple[float, float, int]]]:
     """Mean, 95% CI half-width and number of seeds of every metric, per variant (finished runs only)."""
+    from csfl_fabric.study.stats import mean_ci  # scipy: imported where it is used
+
     table: dict[str, dict[str, tuple[float, float, int]]] = {}
     for label in _labels(records):
         runs = [r for r in records if r.label == label and r.status == "success"]
@@ -47,6 +49,8 @@ def paired_tests(records: Sequence[RunRecord], baseline: str, test: str) -> list
     A method is tested against the baseline method at the same sweep point; the baseline method's own other
     sweep points are tested against its first one.
     """
+    from csfl_fabric.study.stats import holm, paired_pvalue
+
     done = [r for r in records if r.status == "success"]
     # Other methods meet the baseline at their own sweep point; the baseline's other points meet its first one.
     home = next((r.point for r in done if r.method == baseline), "")
@@ -83,13 +87,21 @@ def build_report(directory: str | Path, baseline: str | None = None, test: str =
         fmt: plot format, ``png``, ``pdf`` or ``svg``.
         only: restrict to these run directories (a comparison's own runs).
 
+    Runs are never pooled across settings: every setting that differs between them (other than the method and the
+    seed) is part of their label, so runs with 5 and 240 rounds, or two partitions, are separate rows.
+
     Raises:
         ConfigError: no run directories below ``directory``, or a baseline that is not one of their methods.
+        MissingExtraError: matplotlib or scipy (the ``report`` extra) is not installed.
     """
+    require("report", "The report (plots and statistics)")
+    from csfl_fabric.study.plots import make_plots
+
     directory = Path(directory)
     records = load_runs(directory, only)
     if not records:
         raise ConfigError(f"No run directories (with config.yaml) below `{directory}`. Pass runs/<experiment>.")
+    varied = label_variants(records)
     methods = sorted({r.method for r in records})
     baseline = baseline or methods[0]
     if baseline not in methods:
@@ -99,11 +111,15 @@ def build_report(directory: str | Path, baseline: str | None = None, test: str =
     table = aggregate(records)
     tests = paired_tests(records, baseline, test)
     unit = "simulated seconds" if any(r.summary.get("time_unit") == "sim_s" for r in records) else "rounds"
-    _write_csv(out / "summary.csv", _summary_rows(table))
+    rounds = _rounds(records)
+    _write_csv(out / "summary.csv", _summary_rows(table, rounds))
     _write_csv(out / "runs.csv", [{"run": r.run_dir.name, "method": r.method, "point": r.point, "seed": r.seed,
-                                   "status": r.status, **{m: r.summary.get(m, "") for m in METRICS}} for r in records])
+                                   "status": r.status, "rounds": r.rounds,
+                                   **{m: r.summary.get(m, "") for m in METRICS}} for r in records])
     plots = make_plots([r for r in records if r.status == "success"], out, fmt)
-    report = Report(out, table, tests, plots, unit)
+    study = read_study(directory)
+    report = Report(out, table, tests, plots, unit, varied=varied, rounds=rounds,
+                    shared=study["settings"] if study else {})
     (out / "report.md").write_text(render(report, records, baseline, test))
     return report
 
@@ -112,10 +128,20 @@ def _labels(records: Sequence[RunRecord]) -> list[str]:
     return list(dict.fromkeys(r.label for r in records))
 
 
-def _summary_rows(table: dict[str, dict[str, tuple[float, float, int]]]) -> list[dict[str, Any]]:
+def _rounds(records: Sequence[RunRecord]) -> dict[str, str]:
+    """Rounds completed per variant: one number, or the range when its runs stopped at different rounds."""
+    out = {}
+    for label in _labels(records):
+        rounds = sorted({r.rounds for r in records if r.label == label})
+        out[label] = str(rounds[0]) if len(rounds) == 1 else f"{rounds[0]}-{rounds[-1]}"
+    return out
+
+
+def _summary_rows(table: dict[str, dict[str, tuple[float, float, int]]], rounds: dict[str, str]) -> list[dict[str, Any]]:
     rows = []
     for label, metrics in table.items():
-        row: dict[str, Any] = {"method": label, "seeds": max((n for _, _, n in metrics.values()), default=0)}
+        row: dict[str, Any] = {"method": label, "seeds": max((n for _, _, n in metrics.values()), default=0),
+                               "rounds": rounds.get(label, "")}
         for metric, (mean, half, _) in metrics.items():
             row[f"{metric}_mean"], row[f"{metric}_ci95"] = mean, half
         rows.append(row)
