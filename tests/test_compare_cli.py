@@ -79,7 +79,7 @@ def test_report_and_runs_commands(tmp_path, capsys):
                  "--sweep", "train.lr=0.1,0.2", "rounds.clients_per_round=3"]) == 0
     exp = tmp_path / "smoke"
     assert sorted(p.name for p in exp.iterdir()) == [
-        *(f"heuristic.random-train.lr={lr}-seed{s}" for lr in (0.1, 0.2) for s in (0, 1)), "report"]
+        *(f"heuristic.random-train.lr={lr}-seed{s}" for lr in (0.1, 0.2) for s in (0, 1)), "report", "study.yaml"]
     # The single-valued "sweep" was applied as an override to every run.
     assert "clients_per_round: 3" in (exp / "heuristic.random-train.lr=0.2-seed1" / "config.yaml").read_text()
     (exp / "report" / "summary.csv").unlink()
