@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -47,12 +48,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from csfl_fabric.config import load_config
+
+    # The config first: a bad key or value is reported before Lightning and the training code are imported.
+    config = load_config(args.config, args.overrides) if args.command == "run" else None
     from csfl_fabric.api import resume, run
 
-    if args.command == "resume":
+    if config is None:
         result = resume(args.run_dir, args.overrides)
     else:
-        result = run(args.config, args.overrides, run_dir=args.run_dir)
+        _say_cpu_processes(config)
+        result = run(config, run_dir=args.run_dir)
     if result.global_rank != 0:
         return 0  # rank 0 reports for the whole distributed run
     table = Table(title=f"{result.config.experiment}: {result.run_dir.name}", show_header=True)
@@ -69,6 +75,17 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     console.print(f"Run directory: {result.run_dir}")
     return 0
+
+
+def _say_cpu_processes(config: Any) -> None:
+    """One line when ``fabric.devices > 1`` will start that many CPU processes (no GPU), in the launching process."""
+    f = config.fabric
+    if f.devices > 1 and f.accelerator in ("auto", "cpu") and "LOCAL_RANK" not in os.environ:
+        import torch
+
+        if f.accelerator == "cpu" or not torch.cuda.is_available():
+            print(f"csfl-fabric: fabric.devices={f.devices} without a GPU starts {f.devices} CPU processes on "
+                  f"{os.cpu_count()} cores (gloo); set fabric.devices=1 for one process.", file=sys.stderr)
 
 
 def _cmd_list(args: argparse.Namespace, console: Console) -> int:
@@ -108,8 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return e.exit_code
     except RunFailed as e:
-        print(f"csfl-fabric: run failed: {e} The last consistent state is checkpointed; after fixing the cause "
-              f"resume with: csfl-fabric resume {getattr(e, 'run_dir', '')}", file=sys.stderr)
+        from csfl_fabric.config import HASH_EXCLUDED
+
+        # A resume must compute what the run would have: only settings that change no result may differ.
+        print(f"csfl-fabric: run failed: {e} The last consistent state is checkpointed. A resume may change only "
+              f"{', '.join(HASH_EXCLUDED)} (csfl-fabric resume {getattr(e, 'run_dir', '')} key=value); a cause in "
+              "any other setting (e.g. train.lr) needs a new run with that setting changed.", file=sys.stderr)
         return 1
     except RankFailureError as e:
         # Another process of a distributed run failed: say so in one line; that process printed the cause.

@@ -11,7 +11,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy.cluster.hierarchy import ClusterWarning, linkage
 from typing_extensions import override
 
 from csfl_fabric.registry import SELECTORS
@@ -215,6 +214,8 @@ class ClusteredSimilaritySelector(ClusteredSizeSelector):
         dist = np.where(np.outer(norms, norms) > 0, np.arccos(np.clip(cos, -1.0, 1.0)), 0.0)
         with warnings.catch_warnings():
             # The reference code clusters the rows of the square matrix as observations; scipy warns about that.
+            from scipy.cluster.hierarchy import ClusterWarning, linkage  # scipy: only for this selector
+
             warnings.simplefilter("ignore", ClusterWarning)
             tree = linkage(dist, "ward")
         return similarity_urns(tree, p, m, ctx.rng)
