@@ -182,7 +182,7 @@ def build_callbacks(config: Config, run_dir: Path) -> list[Any]:
                                        config.checkpoint.keep, meta={"config_hash": config_hash(config)}),
                             StudyMetrics()]
     if config.logging.progress:
-        callbacks.append(RichProgress(f"{config.experiment} {run_name(config)}"))
+        callbacks.append(RichProgress(f"{config.experiment} {run_name(config)}", every=config.logging.progress_every))
     return callbacks
 
 

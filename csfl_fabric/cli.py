@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     COMMANDS.update(add_commands(sub))
     lst = sub.add_parser("list", help="list registered components with one-line descriptions")
     lst.add_argument("kind", nargs="?", choices=sorted(REGISTRIES), help="which registry (default: all)")
+    lst.add_argument("--format", dest="fmt", choices=["table", "plain", "json"],
+                     help="table (default on a terminal), plain (default when piped: kind, name, description "
+                     "separated by tabs, one per line) or json")
     return parser
 
 
@@ -89,14 +93,24 @@ def _say_cpu_processes(config: Any) -> None:
 
 
 def _cmd_list(args: argparse.Namespace, console: Console) -> int:
-    for kind in [args.kind] if args.kind else sorted(REGISTRIES):
-        registry = REGISTRIES[kind]
-        table = Table(title=f"{kind} (keys: {registry.key})", show_header=True)
-        table.add_column("name", style="bold")
-        table.add_column("description")
-        for name in registry.names():
-            table.add_row(name, registry.describe(name))
-        console.print(table)
+    kinds = [args.kind] if args.kind else sorted(REGISTRIES)
+    entries = {kind: [(name, REGISTRIES[kind].describe(name)) for name in REGISTRIES[kind].names()] for kind in kinds}
+    fmt = args.fmt or ("table" if sys.stdout.isatty() else "plain")
+    if fmt == "json":
+        print(json.dumps({kind: {"key": REGISTRIES[kind].key, "entries": [{"name": n, "description": d}
+                                                                            for n, d in rows]}
+                          for kind, rows in entries.items()}, indent=2))
+    elif fmt == "plain":
+        # One record a line, tab-separated: `csfl-fabric list | cut -f2` gives the names.
+        print("\n".join(f"{kind}\t{name}\t{desc}" for kind, rows in entries.items() for name, desc in rows))
+    else:
+        for kind, rows in entries.items():
+            table = Table(title=f"{kind} (keys: {REGISTRIES[kind].key})", show_header=True)
+            table.add_column("name", style="bold", overflow="fold")
+            table.add_column("description", overflow="fold")  # fold long names and links, never cut them
+            for name, desc in rows:
+                table.add_row(name, desc)
+            console.print(table)
     return 0
 
 

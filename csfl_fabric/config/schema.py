@@ -129,6 +129,8 @@ class LoggingConfig:
     dir: str = "runs"
     run_name: str | None = None
     progress: bool = True
+    # Without a terminal (a log file, a pipe), a plain progress line every this many rounds; 0 = about a tenth.
+    progress_every: int = 0
     tags: list[str] = field(default_factory=list)
 
 

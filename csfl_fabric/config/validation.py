@@ -38,6 +38,7 @@ def validate(config: Config) -> None:
     _at_least("data.max_cached_loaders", c.data.max_cached_loaders, 1)
     _at_least("checkpoint.every_n_rounds", c.checkpoint.every_n_rounds, 0)
     _at_least("checkpoint.keep", c.checkpoint.keep, 1)
+    _at_least("logging.progress_every", c.logging.progress_every, 0)
     if c.train.local_steps is not None:
         _at_least("train.local_steps", c.train.local_steps, 1)
     if not 1 <= c.rounds.clients_per_round <= c.data.num_clients:
