@@ -11,7 +11,7 @@ from csfl_callbacks.memory import release_memory
 
 from csfl_fabric.build import Run, build_run, run_name
 from csfl_fabric.config import HASH_EXCLUDED, Config, config_hash, load_config, to_yaml
-from csfl_fabric.engine.loggers import CSVMetricsLogger, read_metrics
+from csfl_fabric.engine.loggers import read_metrics
 from csfl_fabric.engine.resume import WANDB_ID_FILE, latest_checkpoint, load_for
 from csfl_fabric.engine.signals import stop_on_signals
 from csfl_fabric.errors import CheckpointError, ConfigError, RunFailed, RunInterrupted
@@ -121,7 +121,7 @@ def _restore(built: Run, ckpt: dict[str, Any]) -> None:
     state = ckpt["state"]
     built.orchestrator.load_state_dict(state)
     for logger in built.fabric.loggers:
-        if isinstance(logger, CSVMetricsLogger):
+        if hasattr(logger, "truncate"):  # the CSV files and the W&B selection table
             logger.truncate(state["round"])
 
 

@@ -115,6 +115,7 @@ def plan(
         name = "-".join([method, *point, f"seed{seed}"])
         cfg.logging.run_name = name
         cfg.logging.tags = [method, f"seed{seed}", *point]
+        cfg.logging.group = "/".join([base.experiment, " ".join([method, *point])])  # a W&B line per variant
         specs.append(RunSpec(method=method, seed=seed, point=point, run_dir=exp_dir / name, config=cfg))
     return base, specs
 
