@@ -143,8 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # A resume must compute what the run would have: only settings that change no result may differ.
         print(f"csfl-fabric: run failed: {e} The last consistent state is checkpointed. A resume may change only "
-              f"{', '.join(HASH_EXCLUDED)} (csfl-fabric resume {getattr(e, 'run_dir', '')} key=value); a cause in "
-              "any other setting (e.g. train.lr) needs a new run with that setting changed.", file=sys.stderr)
+              f"{', '.join(HASH_EXCLUDED)} (as key=value after the directory); a cause in any other setting (e.g. "
+              f"train.lr) needs a new run. Resume with: csfl-fabric resume {getattr(e, 'run_dir', '')}",
+              file=sys.stderr)
         return 1
     except RankFailureError as e:
         # Another process of a distributed run failed: say so in one line; that process printed the cause.

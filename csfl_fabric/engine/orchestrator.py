@@ -98,11 +98,15 @@ class Orchestrator:
         self.summary: dict[str, Any] = {}
         # The round's flattened client updates, kept by `_train` only for selectors with `needs_updates`.
         self._updates: dict[int, Tensor] | None = None
+        # Wall seconds and sessions of the run before this session (from the checkpoint resumed from): a resumed
+        # run's summary adds up every session that produced its rounds.
+        self._wall_before, self._sessions_before = 0.0, 0
+        self._session_start: float | None = None
 
     def run(self) -> RunState:
         """Run from ``state.round`` to the last round (or until a callback sets ``state.should_stop``)."""
         state = self.state
-        started = time.perf_counter()
+        self._session_start = time.perf_counter()
         status = "failed"
         self.call("on_run_start", state=state, orchestrator=self)
         try:
@@ -117,8 +121,10 @@ class Orchestrator:
             raise
         finally:
             self.call("on_run_end", state=state, orchestrator=self)
+            wall = self._wall_seconds()
             self.summary.update(rounds_completed=state.round, stop_reason=state.stop_reason, status=status,
-                                wall_seconds=time.perf_counter() - started, selector=self.selector_key,
+                                wall_seconds=wall, wall_seconds_session=wall - self._wall_before,
+                                sessions=self._sessions_before + 1, selector=self.selector_key,
                                 sim_total_s=self.systems.total_s, **participation_summary(state.history))  # type: ignore[arg-type]
             if self.run_dir is not None and self.is_writer:
                 write_json(self.run_dir / "summary.json", self.summary)
@@ -126,6 +132,11 @@ class Orchestrator:
             for logger in self.fabric.loggers:
                 logger.finalize(status)
         return state
+
+    def _wall_seconds(self) -> float:
+        """Wall seconds of the run so far: earlier sessions (up to the checkpoint resumed from) plus this one."""
+        start = self._session_start
+        return self._wall_before + (time.perf_counter() - start if start is not None else 0.0)
 
     @property
     def is_writer(self) -> bool:
@@ -270,6 +281,8 @@ class Orchestrator:
                            if getattr(self, name, None) is not None},
             "callbacks": {key: cb.state_dict() for key, cb in self._stateful_callbacks()},
             "rng": global_rng_state(),
+            "wall_seconds": self._wall_seconds(),
+            "sessions": self._sessions_before + 1,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -288,6 +301,8 @@ class Orchestrator:
             if key in callbacks:
                 callbacks[key].load_state_dict(sub)
         set_global_rng_state(state["rng"])
+        # Absent from checkpoints written before sessions were added up.
+        self._wall_before, self._sessions_before = float(state.get("wall_seconds", 0.0)), int(state.get("sessions", 0))
 
     def _stateful_callbacks(self) -> list[tuple[str, Any]]:
         # Keyed by class name (and rank among callbacks of that class), not position: turning the progress bar
