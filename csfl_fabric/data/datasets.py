@@ -203,6 +203,9 @@ def _split_clients(
 
 def _load_torchvision(name: str, cls_name: str, folder: str, root: str, download: bool) -> FederatedDataset:
     """Load a torchvision dataset's train and test splits into standardised NCHW float32 tensors."""
+    from csfl_fabric.extras import require
+
+    require("vision", f"Dataset `{name}`")  # one line naming the extra, not a ModuleNotFoundError
     from torchvision import datasets as tvd
 
     cls = getattr(tvd, cls_name)
