@@ -6,6 +6,7 @@ probed clients, the median milliseconds a selection takes (probes included), and
 ratio to `heuristic.random` measured in the same invocation (noisy on a shared machine).
 
     python bench/compare_selectors.py [--rounds 100] [--seed 0] [--selectors heuristic.pow_d learning.divfl ...]
+                                      [--families heuristic,learning]
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--selectors", nargs="*", default=None)
+    parser.add_argument("--families", default=None, help="only these selector families, e.g. heuristic,learning")
     args = parser.parse_args()
-    names = args.selectors or ["heuristic.random", *[n for n in SELECTORS.names() if n != "heuristic.random"]]
+    families = args.families.split(",") if args.families else None
+    registered = [n for n in SELECTORS.names() if families is None or n.split(".")[0] in families]
+    names = args.selectors or ["heuristic.random", *[n for n in registered if n != "heuristic.random"]]
     if names[0] != "heuristic.random":
         names = ["heuristic.random", *names]
     common = ["logging.wandb=disabled", "logging.progress=false", "logging.dir=/tmp/csfl_bench_selectors"]
