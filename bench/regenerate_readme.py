@@ -88,8 +88,8 @@ def systems_compare(stdout: str, work: Path) -> str:
 
 def system_selectors(stdout: str, work: Path) -> str:
     """Time to accuracy, simulated time and participation of the system selectors, from each run's summary."""
-    out = ["| selector | final acc | rounds / sim s to 0.6 | sim s for 100 rounds | Jain (completed) | never completed |",
-           "|---|---|---|---|---|---|"]
+    out = ["| selector | final acc | rounds / sim s to 0.6 | sim s for 100 rounds | Jain (completed) | never "
+           "completed |", "|---|---|---|---|---|---|"]
     for method in SYSTEMS_METHODS.split(","):
         s = json.loads((work / "runs" / "synthetic_system" / f"{method}-seed0" / "summary.json").read_text())
         reached = f"{s['rounds_to_target']} / {s['sim_seconds_to_target']:.1f}" if "rounds_to_target" in s \
@@ -120,8 +120,9 @@ BLOCKS = [
 def machine() -> str:
     """What the numbers were measured on (no host names)."""
     gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    torch = importlib.metadata.version("torch")
     return (f"{os.cpu_count()} cores, {gib:.0f} GiB, {platform.system()} {platform.machine()}, load average "
-            f"{os.getloadavg()[0]:.1f}, Python {platform.python_version()}, torch {importlib.metadata.version('torch')}")
+            f"{os.getloadavg()[0]:.1f}, Python {platform.python_version()}, torch {torch}")
 
 
 def shown(command: list[str]) -> str:
@@ -169,7 +170,9 @@ def execute_notebooks() -> None:
         (spec / "kernel.json").write_text(json.dumps({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f",
                                                                "{connection_file}"], "display_name": "csfl",
                                                       "language": "python"}))
-        os.environ.update(JUPYTER_PATH=str(Path(tmp) / "jupyter"), MPLBACKEND="Agg", WANDB_MODE="disabled",
+        # The inline backend, so that figures are saved in the notebook (the tests run them headless with Agg).
+        os.environ.update(JUPYTER_PATH=str(Path(tmp) / "jupyter"), WANDB_MODE="disabled",
+                          MPLBACKEND="module://matplotlib_inline.backend_inline",
                           PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "callbacks")]))
         for path in sorted((REPO / "notebooks").glob("*.ipynb")):
             started = time.perf_counter()

@@ -15,7 +15,8 @@ from tests.conftest import SMOKE
 
 def test_without_a_terminal_progress_is_a_plain_line_every_n_rounds(smoke: list[str], capsys) -> None:
     # capsys' stdout is not a terminal, as in a log file or a SLURM job.
-    result = csfl_fabric.run(SMOKE, [*smoke, "logging.progress=true", "rounds.num_rounds=5", "logging.progress_every=2"])
+    overrides = ["logging.progress=true", "rounds.num_rounds=5", "logging.progress_every=2"]
+    result = csfl_fabric.run(SMOKE, [*smoke, *overrides])
     lines = capsys.readouterr().out.splitlines()
     rounds = [int(m.group(1)) for line in lines if (m := re.search(r"round (\d+)/5 ", line))]
     assert rounds == [1, 2, 4, 5]  # the first round, every second one, the last

@@ -59,8 +59,8 @@ def test_compare_refuses_a_run_made_with_other_settings(tmp_path: Path, capsys: 
     assert not any(k.startswith("selector") for k in study["settings"])
     # The study file itself refuses a comparison with other settings, even for runs that do not exist yet.
     with pytest.raises(ConfigError, match=r"holds a study made with other settings: train.lr \(here 0.3"):
-        csfl_fabric.compare(SMOKE, methods=["heuristic.round_robin"], seeds=[5],
-                            overrides=[f"logging.dir={tmp_path}", "experiment=x-2", "rounds.num_rounds=3", "train.lr=0.3"])
+        csfl_fabric.compare(SMOKE, methods=["heuristic.round_robin"], seeds=[5], overrides=[
+            f"logging.dir={tmp_path}", "experiment=x-2", "rounds.num_rounds=3", "train.lr=0.3"])
 
 
 def test_report_groups_by_every_differing_setting(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""W&B compares methods out of the box: a group per method, study tags, one selection table per run, no empty sessions."""
+"""W&B compares methods out of the box: a group per method, study tags, one selection table a run, no empty sessions."""
 
 from __future__ import annotations
 

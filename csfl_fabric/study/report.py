@@ -137,7 +137,8 @@ def _rounds(records: Sequence[RunRecord]) -> dict[str, str]:
     return out
 
 
-def _summary_rows(table: dict[str, dict[str, tuple[float, float, int]]], rounds: dict[str, str]) -> list[dict[str, Any]]:
+def _summary_rows(table: dict[str, dict[str, tuple[float, float, int]]],
+                  rounds: dict[str, str]) -> list[dict[str, Any]]:
     rows = []
     for label, metrics in table.items():
         row: dict[str, Any] = {"method": label, "seeds": max((n for _, _, n in metrics.values()), default=0),

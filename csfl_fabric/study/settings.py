@@ -115,15 +115,15 @@ def conflict(exp_dir: Path, shared: Mapping[str, Any], varied: Sequence[str],
     """
     study = read_study(exp_dir)
     if study is not None:
-        mine = shared_settings(shared, [*varied, *study.get("varied", [])])
-        keys = differing(mine, study.get("settings", {}), shared_only=True)
+        ours = shared_settings(shared, [*varied, *study.get("varied", [])])
+        keys = differing(ours, study.get("settings", {}), shared_only=True)
         if keys:
-            return f"`{exp_dir}` holds a study made with other settings: {describe(keys, mine, study['settings'])}"
+            return f"`{exp_dir}` holds a study made with other settings: {describe(keys, ours, study['settings'])}"
     for name, mine in runs:
         theirs = run_settings(exp_dir / name)
         keys = differing(mine, theirs) if theirs is not None else []
-        if keys:
-            return f"`{exp_dir / name}` was run with other settings: {describe(keys, mine, theirs)}"  # type: ignore[arg-type]
+        if theirs is not None and keys:
+            return f"`{exp_dir / name}` was run with other settings: {describe(keys, mine, theirs)}"
     return None
 
 
