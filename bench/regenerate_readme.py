@@ -112,6 +112,7 @@ BLOCKS = [
     Block("scale", [sys.executable, "bench/scale.py", "--reps", "3"], code, 4),
     Block("overhead", [sys.executable, "bench/overhead.py", "--reps", "5"], code, 3),
     Block("memory", [sys.executable, "bench/memory.py"], code, 3),
+    Block("memory-femnist", [sys.executable, "bench/memory.py", "--only", "femnist"], code, 2),
     Block("speed", [sys.executable, "bench/speed.py", "--reps", "5"], code, 8),
     Block("soak", [sys.executable, "bench/soak.py"], code, 8),
 ]

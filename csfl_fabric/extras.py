@@ -8,7 +8,7 @@ from csfl_fabric.errors import MissingExtraError
 
 #: extra -> the modules it installs (keep in step with ``[project.optional-dependencies]``).
 EXTRAS: dict[str, tuple[str, ...]] = {"vision": ("torchvision",), "report": ("matplotlib", "scipy"),
-                                      "slurm": ("submitit",)}
+                                      "slurm": ("submitit",), "hf": ("datasets",)}
 
 
 def require(extra: str, feature: str) -> None:

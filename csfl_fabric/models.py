@@ -253,6 +253,90 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int, norm: str = "batch"
     return ResNet18(c, num_classes, norm)
 
 
+class FemnistCNN(nn.Module):
+    """LEAF's FEMNIST CNN: conv5x5(32)-pool-conv5x5(64)-pool (``same`` padding), fc(2048), fc(num_classes)."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, hidden: int = 2048):
+        super().__init__()
+        c, h, w = input_shape
+        self.conv1 = nn.Conv2d(c, 32, 5, padding=2)
+        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
+        self.fc1 = nn.Linear(64 * (h // 4) * (w // 4), hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return logits of shape ``(N, num_classes)``."""
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+@MODELS.register("femnist_cnn")
+def femnist_cnn(input_shape: tuple[int, ...], num_classes: int, hidden: int = 2048) -> nn.Module:
+    """The CNN of LEAF's FEMNIST baseline (``leaf/models/femnist/cnn.py``; 6.6M parameters for 1x28x28, 62 classes).
+
+    Caldas et al., "LEAF: A Benchmark for Federated Settings", 2018, https://arxiv.org/abs/1812.01097.
+
+    Args:
+        input_shape: ``(C, H, W)`` with H and W at least 4 (two 2x2 max-pools).
+        num_classes: output logits (62 for FEMNIST).
+        hidden: units of the hidden FC layer (2048 in LEAF).
+    """
+    _check_num_classes(num_classes)
+    shape = _image_shape(input_shape, "femnist_cnn")
+    if min(shape[1:]) < 4 or hidden < 1:
+        raise ValueError(f"Expected `input_shape` of at least 4x4 and `hidden` >= 1 but got {shape}, hidden={hidden}.")
+    return FemnistCNN(shape, num_classes, hidden)
+
+
+class CharLSTM(nn.Module):
+    """Character embedding, a stacked LSTM, and a linear layer on the last step's output (next-token logits)."""
+
+    def __init__(self, vocab_size: int, num_classes: int, embed_dim: int, hidden: int, layers: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = nn.LSTM(embed_dim, hidden, num_layers=layers, batch_first=True)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, num_classes)`` from token ids ``(N, L)`` of any integer dtype (datasets store them small)."""
+        out, _ = self.lstm(self.embed(x.long()))
+        return self.fc(out[:, -1])
+
+
+@MODELS.register("char_lstm")
+def char_lstm(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    embed_dim: int = 8,
+    hidden: int = 256,
+    layers: int = 2,
+    vocab_size: int | None = None,
+) -> nn.Module:
+    """LEAF's Shakespeare model: embedding 8, 2 x 256 LSTM, next-character logits over the 80-character vocabulary.
+
+    ``leaf/models/shakespeare/stacked_lstm.py`` (Caldas et al., LEAF, https://arxiv.org/abs/1812.01097), after
+    McMahan et al., AISTATS 2017, https://arxiv.org/abs/1602.05629. Inputs are ``(L,)`` token ids. Trained by the
+    ``sequential`` backend only (`csfl_fabric.training.cohort.check_cohort_model` says why).
+
+    Args:
+        input_shape: ``(L,)``, the sequence length (80 for Shakespeare).
+        num_classes: output logits (80 for Shakespeare).
+        embed_dim: embedding width.
+        hidden: LSTM units per layer.
+        layers: stacked LSTM layers.
+        vocab_size: input tokens; None: ``num_classes`` (next-token prediction over the input vocabulary).
+    """
+    _check_num_classes(num_classes)
+    if len(input_shape) != 1:
+        raise ValueError(f"Expected `input_shape` to be (L,) token ids for model `char_lstm` but got {input_shape}.")
+    vocab = num_classes if vocab_size is None else vocab_size
+    if min(embed_dim, hidden, layers, vocab) < 1:
+        raise ValueError(f"Expected `embed_dim`, `hidden`, `layers` and `vocab_size` >= 1 but got "
+                         f"{embed_dim}, {hidden}, {layers}, {vocab}.")
+    return CharLSTM(vocab, num_classes, embed_dim, hidden, layers)
+
+
 def num_parameters(model: nn.Module) -> int:
     """Number of trainable parameters of ``model``.
 
@@ -262,4 +346,4 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["cnn", "lenet5", "logreg", "mlp", "num_parameters", "resnet18"]
+__all__ = ["char_lstm", "cnn", "femnist_cnn", "lenet5", "logreg", "mlp", "num_parameters", "resnet18"]

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from csfl_fabric.data.datasets import FederatedDataset
+from csfl_fabric.errors import ConfigError
 from csfl_fabric.registry import CALLBACKS, DATASETS, PARTITIONERS
 
 
@@ -20,11 +21,14 @@ def blobs(*, root: str, download: bool, num_clients: int, rng: np.random.Generat
     return FederatedDataset(xt[:n], yt[:n], xt[n:], yt[n:], num_classes=2, input_shape=(4,))
 
 
-@PARTITIONERS.register("plugin.halves")
-def halves(dataset: FederatedDataset, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Client c holds the samples with index = c mod num_clients (a user's partitioner)."""
-    idx = np.arange(len(dataset.y_train))
-    return [idx[idx % num_clients == c] for c in range(num_clients)]
+@PARTITIONERS.register("plugin.deal")
+def deal(dataset: FederatedDataset, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle, then deal the samples out like cards (a user's partitioner; it passes the partitioner contract)."""
+    n = len(dataset.y_train)
+    if num_clients > n:
+        raise ConfigError(f"Expected `data.num_clients` <= {n} samples but got {num_clients}.")
+    order = rng.permutation(n)
+    return [np.sort(order[c::num_clients]) for c in range(num_clients)]
 
 
 class RoundCounter:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +11,7 @@ import torch
 from csfl_fabric.data import FederatedDataset
 from csfl_fabric.errors import ConfigError, InvalidParamsError
 from csfl_fabric.registry import DATASETS
+from tests.dataset_fakes import write_cifar, write_mnist
 
 
 def _build(name: str, seed: int = 0, num_clients: int = 10, root: str = "unused", **params: object) -> FederatedDataset:
@@ -131,24 +129,9 @@ def test_synthetic_params_are_validated() -> None:
 # --- torchvision datasets, from tiny files in torchvision's on-disk format -----------------------------------
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array in the big-endian IDX format of the MNIST files (magic 0x08 = ubyte, then ndim)."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-def _write_mnist(root: Path, folder: str, n_train: int = 30, n_test: int = 10) -> None:
-    raw = root / folder / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8) % 10)
-
-
 @pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_mnist_like_loads_offline(tmp_path: Path, name: str, folder: str) -> None:
-    _write_mnist(tmp_path, folder)
+    write_mnist(tmp_path, folder)
     ds = _build(name, root=str(tmp_path))
     assert ds.x_train.shape == (30, 1, 28, 28)
     assert ds.x_test.shape == (10, 1, 28, 28)
@@ -159,34 +142,8 @@ def test_mnist_like_loads_offline(tmp_path: Path, name: str, folder: str) -> Non
     assert ds.x_train.mean().item() == pytest.approx(0.0, abs=1e-4)
 
 
-def _write_cifar(root: Path, monkeypatch: pytest.MonkeyPatch, per_batch: int = 4) -> None:
-    from torchvision.datasets import CIFAR10
-
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-
-    def dump(name: str, entry: dict[str, object]) -> list[str]:
-        path = folder / name
-        path.write_bytes(pickle.dumps(entry))
-        return [name, hashlib.md5(path.read_bytes()).hexdigest()]
-
-    def batch(name: str) -> list[str]:
-        data = rng.integers(0, 256, (per_batch, 3 * 32 * 32), dtype=np.uint8)
-        return dump(name, {"data": data, "labels": [i % 10 for i in range(per_batch)]})
-
-    train = [batch(f"data_batch_{i}") for i in range(1, 6)]
-    test = [batch("test_batch")]
-    meta = dump("batches.meta", {"label_names": [f"class{i}" for i in range(10)]})
-    # CIFAR10 checks each file's md5 against class attributes that hold the real files' sums. Point those at
-    # our tiny files' sums: torchvision's own integrity check still runs, on the files we wrote.
-    monkeypatch.setattr(CIFAR10, "train_list", train)
-    monkeypatch.setattr(CIFAR10, "test_list", test)
-    monkeypatch.setattr(CIFAR10, "meta", {"filename": meta[0], "key": "label_names", "md5": meta[1]})
-
-
 def test_cifar10_loads_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _write_cifar(tmp_path, monkeypatch)
+    write_cifar(tmp_path, monkeypatch)
     ds = _build("cifar10", root=str(tmp_path))
     assert ds.x_train.shape == (20, 3, 32, 32)
     assert ds.x_test.shape == (4, 3, 32, 32)

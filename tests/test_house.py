@@ -165,7 +165,7 @@ def test_a_bad_callback_entry_is_one_line_from_the_cli(tmp_path: Path, capsys: p
 
 def test_plugins_register_a_dataset_and_a_partitioner(tmp_path: Path) -> None:
     overrides = ["plugins=[tests.plugin_fixtures]", "data.dataset=plugin.blobs", "data.params.n=120",
-                 "data.partition.name=plugin.halves", "data.num_clients=6", "train.model=mlp",
+                 "data.partition.name=plugin.deal", "data.num_clients=6", "train.model=mlp",
                  f"logging.dir={tmp_path / 'runs'}"]
     result = run(SMOKE, overrides)
     assert result.summary["status"] == "success"

@@ -7,6 +7,16 @@ from csfl_fabric.registry import MODELS
 
 IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 FLAT_MODELS = {"logreg", "mlp"}
+SEQUENCE_MODELS = {"char_lstm"}  # (L,) token ids in, no images
+
+
+def _input(name: str, shape: tuple[int, ...], n: int) -> torch.Tensor:
+    """A batch of ``n`` inputs the model takes: token ids (small ints, as the datasets store them) or floats."""
+    return torch.randint(0, 7, (n, *shape), dtype=torch.uint8) if name in SEQUENCE_MODELS else torch.randn(n, *shape)
+
+
+def _valid_shape(name: str) -> tuple[int, ...]:
+    return (60,) if name in FLAT_MODELS | SEQUENCE_MODELS else (1, 8, 8)
 
 
 def _build(name: str, shape: tuple[int, ...], num_classes: int = 10) -> torch.nn.Module:
@@ -20,20 +30,22 @@ def test_expected_models_are_registered():
 @pytest.mark.parametrize("name", MODELS.names())
 @pytest.mark.parametrize("shape", [*IMAGE_SHAPES, (60,)], ids=lambda s: "x".join(map(str, s)))
 def test_forward_shape(name, shape):
-    if len(shape) == 1 and name not in FLAT_MODELS:
+    takes_vectors = name in FLAT_MODELS | SEQUENCE_MODELS
+    takes_images = name not in SEQUENCE_MODELS
+    if not (takes_vectors if len(shape) == 1 else takes_images):
         with pytest.raises(ValueError, match="input_shape"):
             _build(name, shape)
         return
     model = _build(name, shape, num_classes=7).eval()
     with torch.no_grad():
-        out = model(torch.randn(3, *shape))
+        out = model(_input(name, shape, 3))
     assert out.shape == (3, 7)
     assert torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_same_seed_same_weights(name):
-    shape = (1, 8, 8)
+    shape = _valid_shape(name)
     torch.manual_seed(123)
     a = _build(name, shape).state_dict()
     torch.manual_seed(123)
@@ -47,10 +59,10 @@ def test_same_seed_same_weights(name):
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_sgd_steps_reduce_loss(name):
-    shape = (60,) if name in FLAT_MODELS else (1, 8, 8)
+    shape = _valid_shape(name)
     torch.manual_seed(0)
     model = _build(name, shape).train()
-    x, y = torch.randn(8, *shape), torch.arange(8) % 10
+    x, y = _input(name, shape, 8), torch.arange(8) % 10
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     losses = []
     for _ in range(4):
@@ -93,3 +105,25 @@ def test_grid_passes_a_map_of_its_size_through_and_pools_others() -> None:
     torch.testing.assert_close(Grid(4)(big), F.adaptive_avg_pool2d(big, 4))
     torch.testing.assert_close(Grid((4, None))(big), F.adaptive_avg_pool2d(big, (4, None)))
     torch.testing.assert_close(Grid(4)(x), F.adaptive_avg_pool2d(x, 4))  # and the identity is exact
+
+
+def test_femnist_cnn_is_leafs_architecture() -> None:
+    model = MODELS.build("femnist_cnn", input_shape=(1, 28, 28), num_classes=62)
+    # conv5x5(32) + conv5x5(64) + fc(7*7*64 -> 2048) + fc(2048 -> 62), as in leaf/models/femnist/cnn.py.
+    expected = (25 * 32 + 32) + (25 * 32 * 64 + 64) + (7 * 7 * 64 * 2048 + 2048) + (2048 * 62 + 62)
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 62)
+
+
+def test_char_lstm_is_leafs_shakespeare_model() -> None:
+    model = MODELS.build("char_lstm", input_shape=(80,), num_classes=80)
+    assert model.embed.weight.shape == (80, 8)
+    assert (model.lstm.num_layers, model.lstm.hidden_size, model.lstm.input_size) == (2, 256, 8)
+    assert model.fc.weight.shape == (80, 256)
+    # The logits are those of the last step: changing an early character changes them, so does the order.
+    x = torch.randint(0, 80, (1, 80))
+    flipped = x.clone()
+    flipped[0, 0] = (x[0, 0] + 1) % 80
+    assert not torch.equal(model(x), model(flipped))
+    with pytest.raises(ValueError, match="input_shape"):
+        MODELS.build("char_lstm", input_shape=(1, 28, 28), num_classes=80)

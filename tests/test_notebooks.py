@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import sys
 
@@ -43,8 +42,6 @@ def test_notebooks_are_committed_executed(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_end_to_end(path, kernel, tmp_path):
-    if path.stem.startswith("03") and importlib.util.find_spec("csfl_callbacks.memory") is None:
-        pytest.xfail("csfl_callbacks.memory (issue 3) is not merged yet")
     nb = nbformat.read(path, as_version=4)
     # Runs in tmp_path, so its run directories land there; any failing cell raises CellExecutionError.
     NotebookClient(nb, kernel_name=kernel, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()

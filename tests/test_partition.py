@@ -146,3 +146,96 @@ def test_natural_errors(digits: FederatedDataset) -> None:
 def test_unknown_param_is_rejected_by_the_registry(digits: FederatedDataset) -> None:
     with pytest.raises(TypeError, match="Valid params: alpha, min_size"):
         _split("dirichlet", digits, beta=1.0)
+
+
+# --- statistical checks against each partitioner's definition (fixed seeds, so deterministic) ----------------
+
+
+def _labels_only(labels: np.ndarray) -> FederatedDataset:
+    """A dataset of only labels (partitioners never look at the inputs): cheap at a million samples."""
+    y = torch.from_numpy(labels.astype(np.int64))
+    return FederatedDataset(torch.zeros(len(y), 0), y, torch.zeros(0, 0), y[:0], int(labels.max()) + 1, (0,))
+
+
+def test_dirichlet_shares_follow_the_dirichlet_marginal() -> None:
+    from scipy import stats
+
+    # Client 0's share of each class is the first coordinate of Dir_K(alpha): Beta(alpha, (K-1) alpha).
+    k, alpha, classes, per_class = 4, 0.5, 300, 5000
+    ds = _labels_only(np.repeat(np.arange(classes), per_class))
+    parts = dirichlet(ds, k, np.random.default_rng(0), alpha=alpha, min_size=0)
+    share = np.bincount(ds.y_train[parts[0]].numpy(), minlength=classes) / per_class
+    assert stats.kstest(share, stats.beta(alpha, (k - 1) * alpha).cdf).pvalue > 0.01
+    assert stats.kstest(share, stats.beta(2 * alpha, 2 * (k - 1) * alpha).cdf).pvalue < 0.01  # the test has power
+
+
+def test_dirichlet_max_size_caps_every_client_without_changing_the_draws(digits: FederatedDataset) -> None:
+    n = len(digits.y_train)
+    cap = -(-n // NUM_CLIENTS) + 20  # a little above an even split: binding for the big clients
+    free = _split("dirichlet", digits, alpha=0.3, min_size=0)
+    capped = _split("dirichlet", digits, alpha=0.3, min_size=0, max_size=cap)
+    assert max(len(p) for p in free) > cap
+    assert max(len(p) for p in capped) <= cap
+    assert sorted(np.concatenate(capped).tolist()) == list(range(n))
+    # A cap that binds nobody changes nothing: the cap adds no draws to the stream.
+    loose = _split("dirichlet", digits, alpha=0.3, min_size=0, max_size=n)
+    assert all(np.array_equal(a, b) for a, b in zip(free, loose, strict=True))
+    with pytest.raises(ConfigError, match=r"data\.partition\.params\.max_size=10"):
+        _split("dirichlet", digits, max_size=10)
+
+
+@pytest.mark.parametrize(("distribution", "params"), [("lognormal", {"sigma": 1.5}), ("powerlaw", {"exponent": 2.5})])
+def test_quantity_skew_sizes_follow_their_law_and_labels_stay_iid(distribution: str, params: dict[str, Any]) -> None:
+    from scipy import stats
+
+    k = 300
+    ds = _labels_only(np.arange(3000 * k) % 10)  # enough samples that rounding sizes to integers is negligible
+    parts = _split("quantity_skew", ds, seed=2, num_clients=k, distribution=distribution, min_size=0, **params)
+    # Sizes are c * w_k for an unknown c, so log sizes are log w_k shifted: remove the shift by its estimate.
+    log_sizes = np.log([len(p) for p in parts])
+    if distribution == "lognormal":  # log w ~ N(0, sigma); the mean estimates the shift
+        sigma = params["sigma"]
+        centred, law, wrong = log_sizes - log_sizes.mean(), stats.norm(0, sigma), stats.norm(0, 1.5 * sigma)
+    else:  # Pareto(a) with scale 1: log w ~ Exponential(rate a); the minimum estimates the shift (bias 1 / (a k))
+        a = params["exponent"]
+        centred, law, wrong = log_sizes - log_sizes.min(), stats.expon(scale=1 / a), stats.expon(scale=1.5 / a)
+    assert stats.kstest(centred, law.cdf).pvalue > 0.01
+    assert stats.kstest(centred, wrong.cdf).pvalue < 0.01  # the test has power
+    # IID labels: the clients x classes table shows no dependence (chi-square test of independence).
+    table = np.stack([np.bincount(ds.y_train[p].numpy(), minlength=10) for p in parts])
+    big = table[table.sum(1) >= 100]  # cells with expected counts >= 10
+    assert stats.chi2_contingency(big).pvalue > 0.01
+    skewed = np.stack([np.bincount(ds.y_train[p].numpy(), minlength=10)
+                       for p in _split("dirichlet", ds, num_clients=50, alpha=1.0)])
+    assert stats.chi2_contingency(skewed).pvalue < 1e-6  # the same test does see label skew
+
+
+def test_quantity_skew_min_size_and_bad_params(digits: FederatedDataset) -> None:
+    parts = _split("quantity_skew", digits, sigma=3.0, min_size=20)
+    assert min(len(p) for p in parts) >= 20
+    with pytest.raises(ConfigError, match=r"data\.partition\.params\.distribution='zipf'.*lognormal"):
+        _split("quantity_skew", digits, distribution="zipf")
+
+
+def test_dirichlet_clients_label_counts_are_dirichlet_multinomial() -> None:
+    from scipy import stats
+
+    # Hsu et al.: q_k ~ Dir(alpha p), counts ~ Multinomial(n_k, q_k). With two equal classes, client k's count of
+    # class 0 is BetaBinomial(n_k, alpha / 2, alpha / 2). The first half of the clients never meet an exhausted class.
+    k, n, alpha = 2000, 20, 1.0
+    ds = _labels_only(np.arange(k * n) % 2)
+    parts = _split("dirichlet_clients", ds, num_clients=k, alpha=alpha)
+    assert {len(p) for p in parts} == {n}
+    zeros = np.array([(ds.y_train[p] == 0).sum().item() for p in parts[: k // 2]])
+    observed = np.bincount(zeros, minlength=n + 1)
+
+    def expected(a: float) -> np.ndarray:
+        return stats.betabinom(n, a, a).pmf(np.arange(n + 1)) * len(zeros)
+
+    assert stats.chisquare(observed, expected(alpha / 2)).pvalue > 0.01
+    assert stats.chisquare(observed, expected(alpha)).pvalue < 0.01  # alpha = 2 would look different
+
+
+def test_dirichlet_clients_alpha_sets_the_skew(digits: FederatedDataset) -> None:
+    assert _tv_from_global(digits, _split("dirichlet_clients", digits, alpha=0.1)) > 0.6
+    assert _tv_from_global(digits, _split("dirichlet_clients", digits, alpha=1000.0)) < 0.15

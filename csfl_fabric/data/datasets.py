@@ -24,13 +24,16 @@ class FederatedDataset:
     """A train set, a held-out central test set and, for datasets that come with clients, their split.
 
     Attributes:
-        x_train: float32 inputs, ``N x C x H x W`` for images or ``N x D`` for vectors.
+        x_train: float32 inputs, ``N x C x H x W`` for images or ``N x D`` for vectors (or integer token ids
+            ``N x L`` for sequence models, e.g. Shakespeare's uint8 characters).
         y_train: int64 labels in ``[0, num_classes)``.
         x_test: central test inputs, same trailing shape as ``x_train``.
         y_test: central test labels.
         num_classes: number of classes.
         input_shape: shape of one input, e.g. ``(1, 8, 8)`` or ``(60,)``.
         client_indices: natural per-client index arrays into ``x_train`` (``None`` if the dataset has none).
+        client_test_indices: each natural client's own test samples, index arrays into ``x_test`` (LEAF's
+            per-client split; ``None`` if the test set is not split by client).
     """
 
     x_train: Tensor
@@ -40,6 +43,7 @@ class FederatedDataset:
     num_classes: int
     input_shape: tuple[int, ...]
     client_indices: list[np.ndarray] | None = None
+    client_test_indices: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         # Catch a malformed dataset here rather than as a shape error deep inside training.
@@ -201,8 +205,24 @@ def _split_clients(
     return FederatedDataset(x_train, y_train, x_test, y_test, num_classes, (xs[0].shape[1],), client_indices)
 
 
-def _load_torchvision(name: str, cls_name: str, folder: str, root: str, download: bool) -> FederatedDataset:
-    """Load a torchvision dataset's train and test splits into standardised NCHW float32 tensors."""
+#: How torchvision's classes name the train and the test split: ``train=True/False`` for most of them.
+TRAIN_TEST: tuple[dict[str, Any], dict[str, Any]] = ({"train": True}, {"train": False})
+
+
+def _load_torchvision(
+    name: str,
+    cls_name: str,
+    folder: str,
+    root: str,
+    download: bool,
+    splits_as: tuple[dict[str, Any], ...] = TRAIN_TEST,
+    **kwargs: Any,
+) -> FederatedDataset:
+    """Load a torchvision dataset's train and test splits into standardised NCHW float32 tensors.
+
+    ``splits_as`` holds the constructor arguments of the train and the test split (STL-10 takes ``split="train"``);
+    ``kwargs`` go to both (EMNIST's ``split``).
+    """
     from csfl_fabric.extras import require
 
     require("vision", f"Dataset `{name}`")  # one line naming the extra, not a ModuleNotFoundError
@@ -211,7 +231,7 @@ def _load_torchvision(name: str, cls_name: str, folder: str, root: str, download
     cls = getattr(tvd, cls_name)
     root = os.path.expanduser(root)
     try:
-        splits = [cls(root, train=train, download=download) for train in (True, False)]
+        splits = [cls(root, download=download, **which, **kwargs) for which in splits_as]
     except (RuntimeError, OSError) as err:  # OSError: a failed download (URLError) or an unreadable root
         if download or not isinstance(err, RuntimeError):
             reason = " ".join(str(err).split())  # torchvision's messages span lines; ours is one line
@@ -226,12 +246,16 @@ def _load_torchvision(name: str, cls_name: str, folder: str, root: str, download
     xs, ys = [], []
     for split in splits:
         data = torch.as_tensor(np.asarray(split.data))
-        # MNIST-style data is N x H x W; CIFAR's is N x H x W x C.
-        x = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)
+        # MNIST-style data is N x H x W; CIFAR's is N x H x W x C; STL-10's is already N x C x H x W.
+        channels_first = data.dim() == 4 and data.shape[1] in (1, 3) and data.shape[-1] not in (1, 3)
+        x = data.unsqueeze(1) if data.dim() == 3 else data if channels_first else data.permute(0, 3, 1, 2)
         xs.append(x.to(torch.float32) / 255.0)
-        ys.append(torch.as_tensor(np.asarray(split.targets), dtype=torch.int64))
+        labels = split.targets if hasattr(split, "targets") else split.labels  # STL-10 calls them labels
+        ys.append(torch.as_tensor(np.asarray(labels), dtype=torch.int64))
     x_train, x_test = _standardise(xs[0], xs[1])
-    return FederatedDataset(x_train, ys[0], x_test, ys[1], len(splits[0].classes), tuple(x_train.shape[1:]))
+    # STL-10 names its classes only when its class_names.txt is there.
+    num_classes = len(getattr(splits[0], "classes", ())) or int(ys[0].max()) + 1
+    return FederatedDataset(x_train, ys[0], x_test, ys[1], num_classes, tuple(x_train.shape[1:]))
 
 
 @DATASETS.register("mnist")

@@ -66,27 +66,67 @@ def iid(dataset: FederatedDataset, num_clients: int, rng: np.random.Generator) -
     return _sorted(np.array_split(rng.permutation(n), num_clients))
 
 
-def _dirichlet_once(labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+def _dirichlet_once(
+    labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator, max_size: int | None = None
+) -> list[np.ndarray]:
     """One draw: for each class, split its shuffled samples among clients by proportions ~ Dir(alpha)."""
     parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    held = np.zeros(num_clients, dtype=np.int64)
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        cuts = (np.cumsum(rng.dirichlet(np.full(num_clients, alpha))) * len(idx)).astype(np.int64)[:-1]
+        share = rng.dirichlet(np.full(num_clients, alpha))
+        cuts = (np.cumsum(share) * len(idx)).astype(np.int64)[:-1]
+        if max_size is not None:
+            cuts = np.cumsum(capped_counts(np.diff(cuts, prepend=0, append=len(idx)), share, max_size - held))[:-1]
         for client, chunk in enumerate(np.split(idx, cuts)):
             parts[client].append(chunk)
+            held[client] += len(chunk)
     return [np.concatenate(p) for p in parts]
+
+
+def capped_counts(counts: np.ndarray, weights: np.ndarray, room: np.ndarray) -> np.ndarray:
+    """``counts`` with none above ``room``: what a full client would get goes to the others by their ``weights``.
+
+    Deterministic (no draws), so a cap never changes the random stream. Needs ``room.sum() >= counts.sum()``.
+
+    >>> capped_counts(np.array([6, 3, 1]), np.array([0.6, 0.3, 0.1]), np.array([4, 9, 9])).tolist()
+    [4, 5, 1]
+    """
+    out = np.minimum(counts, room)
+    left = int(counts.sum() - out.sum())
+    while left > 0:
+        free = room - out
+        w = weights * (free > 0)
+        w = w / w.sum() if w.sum() > 0 else (free > 0) / (free > 0).sum()
+        extra = np.minimum(np.floor(w * left).astype(np.int64), free)
+        if extra.sum() == 0:  # fewer left than clients that would share it: one to the heaviest that has room
+            extra[np.argmax(w)] = 1
+        out += extra
+        left -= int(extra.sum())
+    return out
 
 
 @PARTITIONERS.register("dirichlet")
 def dirichlet(
-    dataset: FederatedDataset, num_clients: int, rng: np.random.Generator, *, alpha: float = 0.5, min_size: int = 1
+    dataset: FederatedDataset,
+    num_clients: int,
+    rng: np.random.Generator,
+    *,
+    alpha: float = 0.5,
+    min_size: int = 1,
+    max_size: int | None = None,
 ) -> list[np.ndarray]:
-    """Label skew: each class is split among clients by proportions drawn from Dir(alpha).
+    """Label skew: each class is split among clients by proportions drawn from Dir(alpha), one draw per class.
 
-    Hsu et al., "Measuring the Effects of Non-Identical Data Distribution for Federated Visual
-    Classification", 2019, https://arxiv.org/abs/1909.06335. Small ``alpha`` (0.1) gives each client few
-    classes; large ``alpha`` (100) approaches IID. The whole draw is repeated with the same ``rng`` until
-    every client has at least ``min_size`` samples (at most `MAX_DIRICHLET_TRIES` times).
+    Yurochkin et al., "Bayesian Nonparametric Federated Learning of Neural Networks", ICML 2019,
+    https://arxiv.org/abs/1905.12022 (``p_c ~ Dir_K(alpha)`` per class c), the "label distribution skew" of
+    Li et al., "Federated Learning on Non-IID Data Silos: An Experimental Study", ICDE 2022,
+    https://arxiv.org/abs/2102.02079, whose code also redraws until every client has ``min_size`` samples.
+    (Hsu et al. 2019 draw per-client class proportions instead: `dirichlet_clients`.) Small ``alpha`` (0.1)
+    gives each client few classes; large ``alpha`` (100) approaches IID. The whole draw is repeated with the
+    same ``rng`` until every client has at least ``min_size`` samples (at most `MAX_DIRICHLET_TRIES` times).
+    With ``max_size``, no client gets more: the part of a class that would overfill a client goes to the
+    others in proportion to their own Dir(alpha) shares (`capped_counts`); the draws are unchanged.
 
     Args:
         dataset: the dataset to split.
@@ -94,6 +134,7 @@ def dirichlet(
         rng: draws the shuffles and proportions.
         alpha: Dirichlet concentration, > 0.
         min_size: the fewest samples any client may get, >= 0.
+        max_size: the most samples any client may get (None: no cap); ``num_clients * max_size`` must cover the data.
 
     Returns:
         One sorted int64 index array per client.
@@ -111,8 +152,12 @@ def dirichlet(
     _param("alpha", alpha, isinstance(alpha, (int, float)) and alpha > 0, "use a concentration > 0, e.g. 0.5")
     _param("min_size", min_size, isinstance(min_size, int) and min_size >= 0, "use an integer >= 0, e.g. 1")
     labels = _labels(dataset, num_clients, max(min_size, 1))
+    n = len(labels)
+    fits = max_size is None or (isinstance(max_size, int) and max_size >= min_size and num_clients * max_size >= n)
+    _param("max_size", max_size, fits,
+           f"use null or an integer >= min_size with num_clients * max_size >= {n} samples (>= {-(-n // num_clients)})")
     for _ in range(MAX_DIRICHLET_TRIES):
-        parts = _dirichlet_once(labels, num_clients, alpha, rng)
+        parts = _dirichlet_once(labels, num_clients, alpha, rng, max_size)
         if min(len(p) for p in parts) >= min_size:
             return _sorted(parts)
     raise ConfigError(

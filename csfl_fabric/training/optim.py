@@ -37,6 +37,11 @@ class FunctionalOptimizer:
         self.exp_avg_sq: dict[object, Tensor] = {}
         self.steps: dict[object, int] = {}
 
+    @property
+    def plain(self) -> bool:
+        """True for SGD without momentum or weight decay: the direction is the gradient itself, with no state."""
+        return self.s.optimizer == "sgd" and not self.s.momentum and not self.s.weight_decay
+
     def reset(self) -> None:
         """Forget all state (a new client starts fresh)."""
         self.exp_avg.clear()

@@ -174,6 +174,10 @@ class ClientTrainer:
             self.optimizer.step()
             return
         # The parameters that have a gradient; the gradients are ours (set to None before every backward).
+        if self._opt.plain:  # the default: one fused update, no per-tensor calls (W-big: one step per client)
+            params = [p for p in self._params if p.grad is not None]
+            torch._foreach_add_(params, [p.grad for p in params], alpha=-self.settings.lr)  # type: ignore[misc]
+            return
         live = [(i, p) for i, p in enumerate(self._params) if p.grad is not None]
         if not live:
             return
