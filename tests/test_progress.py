@@ -47,3 +47,29 @@ def test_tables_fit_80_columns_and_fold_instead_of_cutting(capsys, monkeypatch) 
     assert "…" not in out
     assert all(name in out for name in SELECTORS.names())
     assert "https://arxiv.org/abs/2010.01243" in out.replace("│", "").replace(" ", "").replace("\n", "")
+
+
+def test_the_compare_table_fits_80_columns_and_folds_long_labels(capsys, monkeypatch, tmp_path) -> None:
+    from csfl_fabric.study import compare as compare_module
+    from csfl_fabric.study.compare import ComparisonResult
+    from csfl_fabric.study.records import Report
+
+    label = "heuristic.size_proportional data.partition.name=shards train.lr=0.1"
+    metrics = {"final_acc": (0.81234, 0.0456, 5), "best_acc": (0.9, 0.01, 5), "time_to_80pct": (123.4, 56.7, 5),
+               "fair_participation_gini": (0.35, 1.27, 5), "wall_seconds": (0.0889, 0.366, 5)}
+    report = Report(tmp_path, {label: metrics}, [], [], "simulated seconds", rounds={label: "40"})
+    monkeypatch.setattr(compare_module, "compare",
+                        lambda *a, **k: ComparisonResult(experiment_dir=tmp_path, runs=[], report=report))
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["compare", str(SMOKE)]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out
+    lines = out.splitlines()
+    header = next(line for line in lines if "method" in line and "seeds" in line)
+    start, end = header.index("method"), header.index("seeds") - 1
+    column = "".join(line[start:end] for line in lines[lines.index(header) + 2:]).replace(" ", "")
+    assert column.startswith(label.replace(" ", ""))  # folded onto several lines, every character kept
+    assert "0.812" in out
+    assert "±0.0456" in out
+    assert " 40 " in out

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from csfl_fabric.errors import ConfigError
-from csfl_fabric.study.markdown import cell
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
@@ -65,18 +66,33 @@ def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
                      baseline=args.baseline, test=args.test, fmt=args.fmt, new_study=args.new_study)
     for spec, action in result.runs:
         console.print(f"{action:>9}  {spec.run_dir.name}", soft_wrap=True)
-    table = Table(title=f"{result.experiment_dir.name} (mean ± 95% CI over seeds; time in {result.report.time_unit})")
-    columns = {"final_acc": "final acc", "best_acc": "best acc", "time_to_80pct": "time to 80%",
-               "fair_participation_gini": "Gini", "wall_seconds": "wall s"}
-    for name in ("method", "seeds", "rounds", *columns.values()):
-        # Fold, never cut: at 80 columns a cut label ("heuristi…") no longer says which method it is.
-        table.add_column(name, justify="left" if name == "method" else "right", overflow="fold")
+    # Narrow (3 digits, the interval under the mean, light rules) so that 80 columns hold it with room for the label,
+    # which folds rather than being cut ("heuristi…" would no longer say which method it is). report.md has more.
+    table = Table(title=f"{result.experiment_dir.name}: mean and ± 95% CI over seeds, time in "
+                  f"{result.report.time_unit}", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True)
+    columns = {"final_acc": "final\nacc", "best_acc": "best\nacc", "time_to_80pct": "time to\n80%",
+               "fair_participation_gini": "Gini", "wall_seconds": "wall\ns"}
+    table.add_column("method", overflow="fold")
+    for name in ("seeds", "rounds", *columns.values()):
+        table.add_column(name, justify="right", no_wrap=True)
     for label, metrics in result.report.table.items():
         seeds = str(max((n for *_, n in metrics.values()), default=0))
-        table.add_row(label, seeds, result.report.rounds.get(label, ""), *(cell(metrics.get(k)) for k in columns))
+        table.add_row(label, seeds, result.report.rounds.get(label, ""), *(_short(metrics.get(k)) for k in columns))
     console.print(table)
     console.print(f"Report: {result.report.report_dir / 'report.md'}", soft_wrap=True)
     return 0
+
+
+def _short(entry: tuple[float, float, int] | None) -> str:
+    r"""The mean, and ``±`` the CI half-width under it, in 3 significant digits (``-`` for none).
+
+    >>> _short((0.81234, 0.0456, 3)), _short((12.5, float("nan"), 1)), _short(None)
+    ('0.812\n±0.0456', '12.5', '-')
+    """
+    if entry is None or math.isnan(entry[0]):
+        return "-"
+    mean, half, _ = entry
+    return f"{mean:.3g}" if math.isnan(half) else f"{mean:.3g}\n±{half:.3g}"
 
 
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
