@@ -50,8 +50,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3, help="clients per round (pow-family d = 2k)")
     parser.add_argument("--target", type=float, default=None, help="absolute target accuracy (default: 0.8 x best)")
     parser.add_argument("--selectors", nargs="*", default=None)
+    parser.add_argument("--families", default=None, help="only these selector families, e.g. heuristic,learning")
     args = parser.parse_args()
-    names = args.selectors or ["heuristic.random", *[n for n in SELECTORS.names() if n != "heuristic.random"]]
+    families = args.families.split(",") if args.families else None
+    registered = [n for n in SELECTORS.names() if families is None or n.split(".")[0] in families]
+    names = args.selectors or ["heuristic.random", *[n for n in registered if n != "heuristic.random"]]
     if names[0] != "heuristic.random":
         names = ["heuristic.random", *names]
     common = ["logging.wandb=disabled", "logging.progress=false", "logging.dir=/tmp/csfl_bench_selectors",

@@ -14,7 +14,7 @@ from csfl_callbacks.memory import release_memory
 from csfl_fabric.build import Run, build_run, default_run_dir
 from csfl_fabric.config import HASH_EXCLUDED, Config, config_hash, load_config, to_yaml
 from csfl_fabric.engine.files import DISK_FULL, RunDirectory, RunLock, atomic_write
-from csfl_fabric.engine.loggers import CSVMetricsLogger, read_metrics
+from csfl_fabric.engine.loggers import read_metrics
 from csfl_fabric.engine.resume import WANDB_ID_FILE, latest_checkpoint, load_for
 from csfl_fabric.engine.signals import stop_on_signals
 from csfl_fabric.errors import USER_ERRORS, CheckpointError, ConfigError, DiskFullError
@@ -159,8 +159,8 @@ def _execute(built: Run, ckpt: dict[str, Any] | None) -> RunResult:
         _prepare_run_dir(built)
     if ckpt is not None:
         for logger in built.fabric.loggers:
-            if isinstance(logger, CSVMetricsLogger):
-                logger.truncate(ckpt["state"]["round"])  # metrics.csv/timing.csv keep only the checkpoint's rows
+            if hasattr(logger, "truncate"):  # metrics.csv/timing.csv and the W&B selection table: the checkpoint's rows
+                logger.truncate(ckpt["state"]["round"])
     orchestrator = built.orchestrator
     try:
         with stop_on_signals(orchestrator.guard):

@@ -220,12 +220,22 @@ def build_store(config: Config, fabric: Fabric, dataset: FederatedDataset, parts
 def build_loggers(config: Config, run_dir: Path) -> tuple[list[Any], str]:
     """The CSV logger and, unless disabled, the W&B logger; with the run's W&B id."""
     loggers: list[Any] = [CSVMetricsLogger(run_dir)]
-    wandb = WandbLogger(config.logging.wandb, config.logging.project, run_dir, config=to_dict(config),
-                        name=run_dir.name, group=config.experiment, job_type=config.selector.name,
-                        tags=list(config.logging.tags) or None, run_id=(run_id := wandb_id(run_dir)))
+    log = config.logging
+    # One group per method (and sweep point) of a study: W&B's default view then averages a method's seeds.
+    group = log.group or f"{config.experiment}/{config.selector.name}"
+    tags = list(dict.fromkeys([config.experiment, *log.tags]))
+    wandb = WandbLogger(log.wandb, log.project, run_dir, config=wandb_config(config), name=run_dir.name,
+                        group=group, job_type=config.selector.name, tags=tags, run_id=(run_id := wandb_id(run_dir)))
     if wandb.mode != "disabled":
         loggers.append(wandb)
     return loggers, run_id
+
+
+def wandb_config(config: Config) -> dict[str, Any]:
+    """The resolved config as W&B shows it, under the names the user writes (``selector.import``, not ``module``)."""
+    tree = to_dict(config)
+    tree["selector"] = {("import" if k == "module" else k): v for k, v in tree["selector"].items()}
+    return tree
 
 
 def build_callbacks(config: Config, run_dir: Path) -> list[Any]:
@@ -235,7 +245,7 @@ def build_callbacks(config: Config, run_dir: Path) -> list[Any]:
                                        config.checkpoint.keep, meta={"config_hash": config_hash(config)}),
                             StudyMetrics()]
     if config.logging.progress:
-        callbacks.append(RichProgress(f"{config.experiment} {run_name(config)}"))
+        callbacks.append(RichProgress(f"{config.experiment} {run_name(config)}", every=config.logging.progress_every))
     return callbacks
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -45,16 +47,24 @@ def _parser() -> argparse.ArgumentParser:
     COMMANDS.update(add_commands(sub))
     lst = sub.add_parser("list", help="list registered components with one-line descriptions")
     lst.add_argument("kind", nargs="?", choices=sorted(REGISTRIES), help="which registry (default: all)")
+    lst.add_argument("--format", dest="fmt", choices=["table", "plain", "json"],
+                     help="table (default on a terminal), plain (default when piped: kind, name, description "
+                     "separated by tabs, one per line) or json")
     return parser
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from csfl_fabric.config import load_config
+
+    # The config first: a bad key or value is reported before Lightning and the training code are imported.
+    config = load_config(args.config, args.overrides) if args.command == "run" else None
     from csfl_fabric.api import resume, run
 
-    if args.command == "resume":
+    if config is None:
         result = resume(args.run_dir, args.overrides)
     else:
-        result = run(args.config, args.overrides, run_dir=args.run_dir)
+        _say_cpu_processes(config)
+        result = run(config, run_dir=args.run_dir)
     if result.global_rank != 0:
         return 0  # rank 0 reports for the whole distributed run
     table = Table(title=f"{result.config.experiment}: {result.run_dir.name}", show_header=True)
@@ -73,15 +83,36 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _say_cpu_processes(config: Any) -> None:
+    """One line when ``fabric.devices > 1`` will start that many CPU processes (no GPU), in the launching process."""
+    f = config.fabric
+    if f.devices > 1 and f.accelerator in ("auto", "cpu") and "LOCAL_RANK" not in os.environ:
+        import torch
+
+        if f.accelerator == "cpu" or not torch.cuda.is_available():
+            print(f"csfl-fabric: fabric.devices={f.devices} without a GPU starts {f.devices} CPU processes on "
+                  f"{os.cpu_count()} cores (gloo); set fabric.devices=1 for one process.", file=sys.stderr)
+
+
 def _cmd_list(args: argparse.Namespace, console: Console) -> int:
-    for kind in [args.kind] if args.kind else sorted(REGISTRIES):
-        registry = REGISTRIES[kind]
-        table = Table(title=f"{kind} (keys: {registry.key})", show_header=True)
-        table.add_column("name", style="bold")
-        table.add_column("description")
-        for name in registry.names():
-            table.add_row(name, registry.describe(name))
-        console.print(table)
+    kinds = [args.kind] if args.kind else sorted(REGISTRIES)
+    entries = {kind: [(name, REGISTRIES[kind].describe(name)) for name in REGISTRIES[kind].names()] for kind in kinds}
+    fmt = args.fmt or ("table" if sys.stdout.isatty() else "plain")
+    if fmt == "json":
+        print(json.dumps({kind: {"key": REGISTRIES[kind].key, "entries": [{"name": n, "description": d}
+                                                                            for n, d in rows]}
+                          for kind, rows in entries.items()}, indent=2))
+    elif fmt == "plain":
+        # One record a line, tab-separated: `csfl-fabric list | cut -f2` gives the names.
+        print("\n".join(f"{kind}\t{name}\t{desc}" for kind, rows in entries.items() for name, desc in rows))
+    else:
+        for kind, rows in entries.items():
+            table = Table(title=f"{kind} (keys: {REGISTRIES[kind].key})", show_header=True)
+            table.add_column("name", style="bold", overflow="fold")
+            table.add_column("description", overflow="fold")  # fold long names and links, never cut them
+            for name, desc in rows:
+                table.add_row(name, desc)
+            console.print(table)
     return 0
 
 
@@ -114,8 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return e.exit_code
     except RunFailed as e:
-        print(f"csfl-fabric: run failed: {e} The last consistent state is checkpointed; after fixing the cause "
-              f"resume with: csfl-fabric resume {getattr(e, 'run_dir', '')}", file=sys.stderr)
+        from csfl_fabric.config import HASH_EXCLUDED
+
+        # A resume must compute what the run would have: only settings that change no result may differ.
+        print(f"csfl-fabric: run failed: {e} The last consistent state is checkpointed. A resume may change only "
+              f"{', '.join(HASH_EXCLUDED)} (as key=value after the directory); a cause in any other setting (e.g. "
+              f"train.lr) needs a new run. Resume with: csfl-fabric resume {getattr(e, 'run_dir', '')}",
+              file=sys.stderr)
         return 1
     except RankFailureError as e:
         # Another process of a distributed run failed: say so in one line; that process printed the cause.

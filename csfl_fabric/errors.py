@@ -35,9 +35,13 @@ class RunDirectoryError(ConfigError):
     """A run directory that is in use by another process, or already holds a run that is not being resumed."""
 
 
+class MissingExtraError(ImportError):
+    """A feature needs an optional dependency that is not installed; the message names the extra to install."""
+
+
 #: What the CLI turns into a one-line message and exit code 2 instead of a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, UnknownNameError, InvalidParamsError, CheckpointError,
-                                            SelectorError)
+                                            SelectorError, MissingExtraError)
 
 
 class DiskFullError(OSError):

@@ -63,14 +63,18 @@ def test_wandb_runs_share_a_group_with_method_job_type_tags_and_summary(tmp_path
     monkeypatch.setattr(wandb, "init", spy)
     result = csfl_fabric.compare(SMOKE, seeds=[0, 1], overrides=[f"logging.dir={tmp_path}", "rounds.num_rounds=2"])
     assert [(k["group"], k["job_type"], k["tags"]) for k in seen] == [
-        ("smoke", "heuristic.random", ["heuristic.random", f"seed{s}"]) for s in (0, 1)]
+        ("smoke/heuristic.random", "heuristic.random", ["smoke", "heuristic.random", f"seed{s}"]) for s in (0, 1)]
     for spec, _ in result.runs:
         (offline,) = (spec.run_dir / "wandb").glob("offline-run-*/run-*.wandb")
         data = offline.read_bytes()
         summary = json.loads((spec.run_dir / "summary.json").read_text())
-        for key in ("best_acc", "time_to_80pct_of_own_gain", "auc_acc_time", "fair_participation_gini"):
+        for key in ("best_acc", "time_to_80pct_of_own_gain", "auc_acc_time"):
             assert key in summary
             assert key.encode() in data
+        # The last round's Gini is in W&B's summary once, as the logged metric, not again as a study key.
+        assert "fair_participation_gini" in summary
+        assert b"fair/participation_gini" in data
+        assert b"fair_participation_gini" not in data
         assert list(offline.parent.glob("files/media/table/select/clients*.table.json"))  # the selection table
 
 
@@ -79,7 +83,7 @@ def test_report_and_runs_commands(tmp_path, capsys):
                  "--sweep", "train.lr=0.1,0.2", "rounds.clients_per_round=3"]) == 0
     exp = tmp_path / "smoke"
     assert sorted(p.name for p in exp.iterdir()) == [
-        *(f"heuristic.random-train.lr={lr}-seed{s}" for lr in (0.1, 0.2) for s in (0, 1)), "report"]
+        *(f"heuristic.random-train.lr={lr}-seed{s}" for lr in (0.1, 0.2) for s in (0, 1)), "report", "study.yaml"]
     # The single-valued "sweep" was applied as an override to every run.
     assert "clients_per_round: 3" in (exp / "heuristic.random-train.lr=0.2-seed1" / "config.yaml").read_text()
     (exp / "report" / "summary.csv").unlink()

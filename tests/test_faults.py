@@ -92,6 +92,8 @@ def test_round_without_any_usable_client_stops_with_a_checkpoint(smoke: list[str
     assert code == 1
     assert "Every client of round 0 failed (0) or diverged (4)" in err
     assert "csfl-fabric resume" in err
+    assert "A resume may change only resume, logging, checkpoint, memory, rounds.num_rounds, callbacks" in err
+    assert len(err.strip().splitlines()) == 1
     run_dir = Path(err.rsplit("resume ", 1)[1].strip())
     state = load_checkpoint(latest_checkpoint(run_dir))["state"]  # type: ignore[arg-type]
     assert state["round"] == 0  # the state at the failed round's start, not a half-trained one

@@ -259,6 +259,14 @@ class RamGuard(MemoryPolicy):
         self.check()
         metrics["mem/emergency_cleanups"] = float(self.cleanups)
 
+    def state_dict(self) -> dict[str, int]:
+        """The cleanups so far: a resumed run's ``mem/emergency_cleanups`` counts those of every session."""
+        return {"cleanups": self.cleanups}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore what `state_dict` returned."""
+        self.cleanups = int(state["cleanups"])
+
 
 class MemoryMonitor(MemoryPolicy):
     """Adds per-round memory figures to the metrics (``mem/*``; see `read`).
@@ -327,6 +335,16 @@ class MemoryPolicies(MemoryPolicy):
         for p in self.policies:
             p.round_end(round_idx, metrics)
         self._gather_stop()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state of every policy that has one, by class name (so that switching one policy off shifts none)."""
+        return {type(p).__name__: p.state_dict() for p in self.policies if hasattr(p, "state_dict")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (to the policies of those classes that are still there)."""
+        for p in self.policies:
+            if type(p).__name__ in state and hasattr(p, "load_state_dict"):
+                p.load_state_dict(state[type(p).__name__])
 
     def _gather_stop(self) -> None:
         stopping = [p for p in self.policies if p.should_stop]

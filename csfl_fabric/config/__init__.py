@@ -1,6 +1,15 @@
 """The config: its schema (`schema`), `load_config` (`loading`) and `validate` (`validation`)."""
 
-from csfl_fabric.config.loading import HASH_EXCLUDED, config_hash, import_plugin, load_config, to_dict, to_yaml
+from csfl_fabric.config.loading import (
+    HASH_EXCLUDED,
+    config_hash,
+    flatten,
+    import_plugin,
+    load_config,
+    override_keys,
+    to_dict,
+    to_yaml,
+)
 from csfl_fabric.config.schema import (
     CHOICES,
     COMPONENTS,
@@ -44,8 +53,10 @@ __all__ = [
     "SystemsConfig",
     "TrainConfig",
     "config_hash",
+    "flatten",
     "import_plugin",
     "load_config",
+    "override_keys",
     "to_dict",
     "to_yaml",
     "validate",

@@ -72,6 +72,33 @@ def _check_callback_entries(layer: dict[str, Any]) -> None:
             raise ConfigError(f"Unknown key `{unknown[0]}` in `callbacks[{i}]`. Valid keys: target, params.")
 
 
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{dotted key: value}`` (lists are values; empty sections have no keys).
+
+    >>> flatten({"train": {"lr": 0.1}, "data": {"partition": {"name": "iid", "params": {}}}, "plugins": []})
+    {'train.lr': 0.1, 'data.partition.name': 'iid', 'plugins': []}
+    """
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def override_keys(overrides: Sequence[str]) -> list[str]:
+    """The schema's dotted keys that ``key=value`` overrides set (shorthand params and ``selector.import`` resolved).
+
+    >>> override_keys(["data.partition.alpha=0.1", "train.lr=0.1", "selector.import=mine"])
+    ['data.partition.params.alpha', 'train.lr', 'selector.module']
+    """
+    layer = _parse_overrides(overrides)
+    _normalize_shorthand(layer)
+    _rename_import(layer)
+    return list(flatten(layer))
+
+
 def _rename_import(layer: dict[str, Any]) -> None:
     # `import` is a Python keyword, so the dataclass field is `module`.
     section = _section(layer, "selector")

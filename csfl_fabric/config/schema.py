@@ -139,7 +139,11 @@ class LoggingConfig:
     project: str = "csfl_fabric"
     dir: str = "runs"
     run_name: str | None = None
+    # The W&B group; default `<experiment>/<selector>` (a comparison adds the sweep point).
+    group: str | None = None
     progress: bool = True
+    # Without a terminal (a log file, a pipe), a plain progress line every this many rounds; 0 = about a tenth.
+    progress_every: int = 0
     tags: list[str] = field(default_factory=list)
 
 

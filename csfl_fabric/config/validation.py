@@ -46,6 +46,7 @@ def validate(config: Config) -> None:
     _at_least("launcher.slurm.gpus_per_job", c.launcher.slurm.gpus_per_job, 0)
     _at_least("launcher.slurm.cpus_per_job", c.launcher.slurm.cpus_per_job, 1)
     _at_least("launcher.slurm.array_parallelism", c.launcher.slurm.array_parallelism, 1)
+    _at_least("logging.progress_every", c.logging.progress_every, 0)
     if c.train.local_steps is not None:
         _at_least("train.local_steps", c.train.local_steps, 1)
     if not 1 <= c.rounds.clients_per_round <= c.data.num_clients:

@@ -223,6 +223,9 @@ def _load_torchvision(
     ``splits_as`` holds the constructor arguments of the train and the test split (STL-10 takes ``split="train"``);
     ``kwargs`` go to both (EMNIST's ``split``).
     """
+    from csfl_fabric.extras import require
+
+    require("vision", f"Dataset `{name}`")  # one line naming the extra, not a ModuleNotFoundError
     from torchvision import datasets as tvd
 
     cls = getattr(tvd, cls_name)

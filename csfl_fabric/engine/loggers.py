@@ -28,6 +28,12 @@ WALL_PREFIX = "time/wall"
 MEMORY_PREFIX = "mem/"
 SIDE_FILES: dict[str, tuple[str, ...]] = {"timing.csv": (WALL_PREFIX,), "system.csv": (MEMORY_PREFIX,)}
 F = TypeVar("F", bound=Callable[..., Any])
+#: The simulated clock's column, and the W&B key prefix of metrics plotted against it.
+SIM_TIME = "time/sim_total_s"
+BY_SIM_TIME = "by_sim_time"
+#: The W&B selection table: its file under ``<run_dir>/wandb/`` and its columns.
+SELECTION_TABLE = "selection_table.csv"
+SELECTION_COLUMNS = ("round", "client_id", "score", "prob", "sim_duration_s", "status")
 
 
 class CSVMetricsLogger(Logger):
@@ -93,7 +99,8 @@ class _CSVFile:
             with path.open(newline="") as fh:
                 self.header = next(csv.reader(fh), [])
 
-    def _rows(self) -> list[dict[str, str]]:
+    def rows(self) -> list[dict[str, str]]:
+        """The file's rows (empty when it does not exist)."""
         if not self.path.exists():
             return []
         with self.path.open(newline="") as fh:
@@ -101,6 +108,7 @@ class _CSVFile:
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         self.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # e.g. wandb/ for the selection table
         with atomic_open(self.path, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=self.header)
             writer.writeheader()
@@ -111,7 +119,7 @@ class _CSVFile:
         new = [k for k in row if k not in self.header]
         if new or not self.path.exists():
             self.header += new
-            self._rewrite([*self._rows(), row])
+            self._rewrite([*self.rows(), row])
             return
         try:
             if self._fh is None:
@@ -128,7 +136,7 @@ class _CSVFile:
 
     def truncate(self, num_rounds: int) -> None:
         if self.path.exists():
-            self._rewrite([r for r in self._rows() if int(r["round"]) < num_rounds])
+            self._rewrite([r for r in self.rows() if int(r["round"]) < num_rounds])
 
 
 def _fmt(value: Any) -> Any:
@@ -192,7 +200,10 @@ class WandbLogger(Logger):
                                             "tags": tags, "id": run_id}
         self.init_timeout = init_timeout
         self._run: Any = None
-        self.selection_rows: list[list[Any]] = []
+        # The selection table's rows, kept in the run directory: a resumed run logs the whole table again, so the
+        # one table of the run (the last logged wins in W&B) has every round, not just the last session's.
+        self._selection = _CSVFile(self.run_dir / "wandb" / SELECTION_TABLE)
+        self._logged: set[str] = set()
 
     @property
     @override
@@ -218,6 +229,9 @@ class WandbLogger(Logger):
         run = self._start(wandb)
         run.define_metric("round")
         run.define_metric("*", step_metric="round")
+        # Accuracy against simulated time as well as rounds: a W&B metric has one x-axis, hence a second key.
+        run.define_metric(SIM_TIME)
+        run.define_metric(f"{BY_SIM_TIME}/*", step_metric=SIM_TIME)
         return run
 
     def _start(self, wandb: Any) -> Any:
@@ -282,7 +296,10 @@ class WandbLogger(Logger):
     @rank_zero_only
     @_never_fails
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.experiment.log({**metrics, "round": step})
+        extra = {f"{BY_SIM_TIME}/eval_acc": metrics["eval/acc"]} if "eval/acc" in metrics and SIM_TIME in metrics \
+            else {}
+        self._logged.update(metrics)
+        self.experiment.log({**metrics, **extra, "round": step})
 
     @rank_zero_only
     def log_selection(self, round_idx: int, selection: Selection, durations: np.ndarray,
@@ -296,25 +313,52 @@ class WandbLogger(Logger):
 
         rows = zip(np.asarray(selection.ids).tolist(), column(selection.scores), column(selection.probs),
                    column(durations), status, strict=True)
-        self.selection_rows.extend([round_idx, *row] for row in rows)
+        for row in rows:
+            self._selection.append(dict(zip(SELECTION_COLUMNS, [round_idx, *row], strict=True)))
+
+    @rank_zero_only
+    def truncate(self, num_rounds: int) -> None:
+        """Keep only the selection rows of rounds < ``num_rounds`` (on resume, as `CSVMetricsLogger.truncate`)."""
+        self._selection.truncate(num_rounds)
 
     @rank_zero_only
     @_never_fails
     def set_summary(self, summary: dict[str, Any]) -> None:
-        """Set run-level summary values (best accuracy, time to accuracy, ...)."""
+        """Set run-level summary values (best accuracy, time to accuracy, ...).
+
+        A value that only repeats a logged metric's last value under another name (``fair_participation_gini``
+        for ``fair/participation_gini``) is left out: W&B's summary holds each logged metric's last value already.
+        Nothing is set when this session logged nothing (a finished run resumed): no empty W&B session.
+        """
+        if self._run is None:
+            return
         for k, v in summary.items():
-            self.experiment.summary[k] = v
+            if k.replace("_", "/", 1) not in self._logged:
+                self._run.summary[k] = v
 
     @override
     @_never_fails
     def finalize(self, status: str) -> None:
-        if self.selection_rows:
+        self._selection.close()
+        if self._run is None:
+            return  # nothing logged in this session: start none
+        rows = [[_typed(row.get(c, "")) for c in SELECTION_COLUMNS] for row in self._selection.rows()]
+        if rows:
             import wandb
 
-            columns: list[str | int] = ["round", "client_id", "score", "prob", "sim_duration_s", "status"]
-            self.experiment.log({"select/clients": wandb.Table(columns=columns, data=self.selection_rows),
-                                 "round": self.selection_rows[-1][0]})
-            self.selection_rows = []
-        if self._run is not None:
-            self._run.finish(exit_code=0 if status == "success" else 1)
-            self._run = None
+            self._run.log({"select/clients": wandb.Table(columns=list(SELECTION_COLUMNS), data=rows),
+                           "round": int(rows[-1][0])})
+        self._run.finish(exit_code=0 if status == "success" else 1)
+        self._run = None
+
+
+def _typed(cell: str) -> Any:
+    """A selection-table cell read back from CSV: int, float, the status string, or None when empty."""
+    if cell == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(cell)
+        except ValueError:
+            pass
+    return cell

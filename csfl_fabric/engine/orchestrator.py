@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from csfl_callbacks.dispatch import HookDispatcher
 from lightning.fabric import Fabric
 from torch import Tensor
@@ -36,6 +35,7 @@ from csfl_fabric.state import (
     Selection,
     SelectionContext,
 )
+from csfl_fabric.training.flat import flat_update
 from csfl_fabric.training.sequential import ClientTrainer
 
 
@@ -48,16 +48,6 @@ class RoundSettings:
     eval_every: int = 1
     #: The absolute target accuracies, sorted; the summary's ``rounds_to_target`` is that of the lowest.
     target_accuracy: tuple[float, ...] = ()
-
-
-def flat_update(params: Params, global_params: Params) -> Tensor:
-    """A client's update as one float32 CPU vector: its floating-point entries minus the global ones.
-
-    >>> flat_update({"w": torch.tensor([3.0, 1.0])}, {"w": torch.tensor([1.0, 1.0])})
-    tensor([2., 0.])
-    """
-    deltas = [(t.float() - global_params[k].float()).reshape(-1) for k, t in params.items() if t.is_floating_point()]
-    return torch.cat(deltas).cpu()
 
 
 #: What `Orchestrator.probe` can measure on a client before the round (`SelectionContext.probe`).
@@ -115,11 +105,15 @@ class Orchestrator:
         self.probes = ProbeTally()  # the current round's probe costs (`probe`, `probe_gradients`)
         # A declared signal: computed once, and only for selectors that opt in (it reveals the clients' labels).
         self.label_histograms = store.label_histograms() if selector.needs_label_histograms else None
+        # Wall seconds and sessions of the run before this session (from the checkpoint resumed from): a resumed
+        # run's summary adds up every session that produced its rounds.
+        self._wall_before, self._sessions_before = 0.0, 0
+        self._session_start: float | None = None
 
     def run(self) -> RunState:
         """Run from ``state.round`` to the last round (or until a callback sets ``state.should_stop``)."""
         state = self.state
-        started = time.perf_counter()
+        self._session_start = time.perf_counter()
         status = "failed"
         self.call("on_run_start", state=state, orchestrator=self)
         try:
@@ -139,12 +133,14 @@ class Orchestrator:
                 status = "failed"  # e.g. the final checkpoint hit a full disk: still write the summary below
                 raise
             finally:
-                self._write_summary(state, status, time.perf_counter() - started)
+                self._write_summary(state, status)
         return state
 
-    def _write_summary(self, state: RunState, status: str, wall_seconds: float) -> None:
+    def _write_summary(self, state: RunState, status: str) -> None:
+        wall = self._wall_seconds()
         self.summary.update(rounds_completed=state.round, stop_reason=state.stop_reason, status=status,
-                            wall_seconds=wall_seconds, selector=self.selector_key,
+                            wall_seconds=wall, wall_seconds_session=wall - self._wall_before,
+                            sessions=self._sessions_before + 1, selector=self.selector_key,
                             sim_total_s=self.systems.total_s, **participation_summary(state.history))  # type: ignore[arg-type]
         try:
             if self.run_dir is not None and self.is_writer:
@@ -157,6 +153,11 @@ class Orchestrator:
         finally:
             for logger in self.fabric.loggers:
                 logger.finalize(status)
+
+    def _wall_seconds(self) -> float:
+        """Wall seconds of the run so far: earlier sessions (up to the checkpoint resumed from) plus this one."""
+        start = self._session_start
+        return self._wall_before + (time.perf_counter() - start if start is not None else 0.0)
 
     @property
     def is_writer(self) -> bool:
@@ -339,6 +340,8 @@ class Orchestrator:
                            if getattr(self, name, None) is not None},
             "callbacks": {key: cb.state_dict() for key, cb in self._stateful_callbacks()},
             "rng": global_rng_state(),
+            "wall_seconds": self._wall_seconds(),
+            "sessions": self._sessions_before + 1,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -357,6 +360,8 @@ class Orchestrator:
             if key in callbacks:
                 callbacks[key].load_state_dict(sub)
         set_global_rng_state(state["rng"])
+        # Absent from checkpoints written before sessions were added up.
+        self._wall_before, self._sessions_before = float(state.get("wall_seconds", 0.0)), int(state.get("sessions", 0))
 
     def _stateful_callbacks(self) -> list[tuple[str, Any]]:
         # Keyed by class name (and rank among callbacks of that class), not position: turning the progress bar

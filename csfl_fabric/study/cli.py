@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.study.launch import add_cli_options, cli_kwargs, print_outcome
-from csfl_fabric.study.markdown import cell, reached
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
@@ -38,6 +39,8 @@ def add_commands(sub: Any) -> dict[str, Callable[[argparse.Namespace, Console], 
     cmp.add_argument("--sweep", nargs="+", default=[], metavar="KEY=V1,V2",
                      help="config keys to sweep (cartesian product); put overrides before --sweep")
     cmp.add_argument("--isolate", action="store_true", default=None, help="run each in its own subprocess")
+    cmp.add_argument("--new-study", action="store_true", help="if runs/<experiment> holds runs made with other "
+                     "settings, write to runs/<experiment>-<n> instead of refusing")
     _report_options(cmp)
     add_cli_options(cmp)
     rep = sub.add_parser("report", help="rebuild the report of runs/<experiment> from its finished runs")
@@ -60,34 +63,52 @@ def _report_options(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from csfl_fabric.study.compare import compare, parse_sweep
+    from csfl_fabric.study.markdown import reached  # imports the statistics (scipy): only for this command
 
     # Single-valued "sweeps" are plain overrides, which also catches overrides typed after --sweep.
     sweep = parse_sweep(args.sweep)
     fixed = [f"{k}={v[0]}" for k, v in sweep.items() if len(v) == 1]
     result = compare(args.config, methods=args.methods, seeds=args.seeds, overrides=[*args.overrides, *fixed],
                      sweep={k: v for k, v in sweep.items() if len(v) > 1}, isolate=args.isolate,
-                     baseline=args.baseline, test=args.test, fmt=args.fmt, **cli_kwargs(args))
+                     baseline=args.baseline, test=args.test, fmt=args.fmt, new_study=args.new_study,
+                     **cli_kwargs(args))
     for spec, action in result.runs:
         console.print(f"{action:>9}  {spec.run_dir.name}", soft_wrap=True)
     code = print_outcome(result.study, result.experiment_dir, console)
     report = result.report
     if report is None:
         return code
-    table = Table(title=f"{result.experiment_dir.name} (mean ± 95% CI over seeds; time in {report.time_unit})")
-    times = {f"time_to_acc_{t:g}": f"time to acc {t:g}" for t in report.targets[:1]}
-    columns = {"final_acc": "final acc", "best_acc": "best acc", "fair_participation_gini": "Gini",
-               "wall_seconds": "wall s"}
-    for name in ("method", "seeds", *times.values(), *columns.values()):
-        table.add_column(name, justify="left" if name == "method" else "right")
-    for label in report.ranking:  # by the time to the first target accuracy
+    # Narrow (3 digits, the interval under the mean, light rules) so that 80 columns hold it with room for the label,
+    # which folds rather than being cut ("heuristi…" would no longer say which method it is). report.md has more.
+    table = Table(title=f"{result.experiment_dir.name}: mean and ± 95% CI over seeds, time in {report.time_unit}",
+                  box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True)
+    times = {f"time_to_acc_{t:g}": f"time to\nacc {t:g}" for t in report.targets[:1]}
+    columns = {"final_acc": "final\nacc", "best_acc": "best\nacc", "fair_participation_gini": "Gini",
+               "wall_seconds": "wall\ns"}
+    table.add_column("method", overflow="fold")
+    for name in ("seeds", "rounds", *times.values(), *columns.values()):
+        table.add_column(name, justify="right", no_wrap=True)
+    for label in report.ranking or list(report.table):  # by the time to the first target accuracy
         metrics, runs = report.table[label], report.runs.get(label, 0)
-        table.add_row(label, str(runs), *(reached(metrics.get(k), runs) for k in times),
-                      *(cell(metrics.get(k)) for k in columns))
+        table.add_row(label, str(runs), report.rounds.get(label, ""), *(reached(metrics.get(k), runs) for k in times),
+                      *(_short(metrics.get(k)) for k in columns))
     console.print(table)
     console.print(f"Targets: {', '.join(f'{t:g}' for t in report.targets) or 'none'} ({report.target_note})",
                   soft_wrap=True)
     console.print(f"Report: {report.report_dir / 'report.md'}", soft_wrap=True)
     return code
+
+
+def _short(entry: tuple[float, float, int] | None) -> str:
+    r"""The mean, and ``±`` the CI half-width under it, in 3 significant digits (``-`` for none).
+
+    >>> _short((0.81234, 0.0456, 3)), _short((12.5, float("nan"), 1)), _short(None)
+    ('0.812\n±0.0456', '12.5', '-')
+    """
+    if entry is None or math.isnan(entry[0]):
+        return "-"
+    mean, half, _ = entry
+    return f"{mean:.3g}" if math.isnan(half) else f"{mean:.3g}\n±{half:.3g}"
 
 
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
@@ -112,7 +133,7 @@ def _cmd_runs(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(f"Runs directory `{args.runs_dir}` does not exist. Pass a directory that holds runs.")
     table = Table(title=f"runs in {args.runs_dir}", show_header=True)
     for column in ("run", "status", "rounds", "final acc", "best acc", "wall s"):
-        table.add_column(column, justify="left" if column in ("run", "status") else "right")
+        table.add_column(column, justify="left" if column in ("run", "status") else "right", overflow="fold")
     for r in load_runs(args.runs_dir):
         total = r.summary.get("rounds_completed", len(r.rows))
         s = r.summary

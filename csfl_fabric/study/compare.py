@@ -3,7 +3,8 @@
 Every run of one seed shares the partition, the data order and the initial model, because those are drawn
 from named streams of the seed alone (`csfl_fabric.build.stream`); only the selector differs. Runs go to
 fixed directories ``runs/<experiment>/<method>[-<key>=<value>...]-seed<k>/``, so rerunning the same
-comparison skips finished runs and redoes (or resumes) unfinished ones.
+comparison skips finished runs and redoes (or resumes) unfinished ones; a directory made with other settings is
+never reused (`csfl_fabric.study.settings.claim_study`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from csfl_callbacks.memory import release_memory
-
-from csfl_fabric.config import Config, LauncherConfig, load_config, to_dict
+from csfl_fabric.config import Config, LauncherConfig, load_config, override_keys, to_dict
 from csfl_fabric.errors import ConfigError
+from csfl_fabric.extras import require
 from csfl_fabric.study.launch import (
     Job,
     StudyOutcome,
@@ -29,7 +29,10 @@ from csfl_fabric.study.launch import (
     run_local,
     run_subprocess,
 )
-from csfl_fabric.study.report import Report, build_report
+from csfl_fabric.study.settings import claim_study, settings
+
+if TYPE_CHECKING:
+    from csfl_fabric.study.records import Report
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class ComparisonResult:
 
 def cleanup_between_runs() -> None:
     """Free what the previous run left behind before the next one starts in the same process."""
+    from csfl_callbacks.memory import release_memory  # torch: only once runs are made
+
     release_memory()
 
 
@@ -125,6 +130,7 @@ def plan(
         name = "-".join([method, *point, f"seed{seed}"])
         cfg.logging.run_name = name
         cfg.logging.tags = [method, f"seed{seed}", *point]
+        cfg.logging.group = "/".join([base.experiment, " ".join([method, *point])])  # a W&B line per variant
         specs.append(RunSpec(method=method, seed=seed, point=point, run_dir=exp_dir / name, config=cfg))
     return base, specs
 
@@ -164,6 +170,7 @@ def compare(
     launcher: str | None = None,
     slurm: Mapping[str, Any] | None = None,
     wait: bool | None = None,
+    new_study: bool = False,
 ) -> ComparisonResult:
     """Run every method x seed (x sweep point) on paired data, then write the report.
 
@@ -181,15 +188,22 @@ def compare(
         launcher: ``local``, ``slurm`` or ``submitit-local``; default ``launcher.name`` (`csfl_fabric.study.launch`).
         slurm: ``launcher.slurm`` keys (``partition``, ``time``, ``gpus_per_job``, ``cpus_per_job``, ``mem``, ...).
         wait: wait for SLURM jobs (default ``launcher.wait``); False returns once they are submitted.
+        new_study: when ``runs/<experiment>`` holds runs with other settings, write to ``runs/<experiment>-<n>``
+            instead of refusing.
 
+    A study is its config: ``runs/<experiment>/study.yaml`` records the settings every run shares, and a run
+    directory is reused only when its config has this comparison's settings (`csfl_fabric.study.settings`).
     Finished runs (``summary.json`` with status ``success``) are skipped; unfinished ones resume from their
     checkpoint when checkpoints exist (``resume=auto``) and otherwise restart in the same directory. A run
     that fails stops the comparison; rerunning it continues from there. With ``jobs > 1`` or SLURM a failed run
     does not stop the others, and rerunning the same comparison redoes only the unfinished ones.
 
     Raises:
-        ConfigError: a bad config, override, sweep or baseline, before any run starts.
+        ConfigError: a bad config, override, sweep or baseline, or a directory with other settings, before any
+            run starts.
+        MissingExtraError: the ``report`` extra (matplotlib, scipy) is not installed.
     """
+    require("report", "`compare` (its report: plots and statistics)")  # before the runs, not after them
     base, specs = plan(config, overrides, methods, seeds, sweep)
     c = base.compare
     baseline = baseline or c.baseline or specs[0].method
@@ -197,6 +211,11 @@ def compare(
         # Checked before the runs, not after hours of them.
         raise ConfigError(f"Expected the baseline to be one of the methods {sorted({s.method for s in specs})} "
                           f"but got `{baseline}`.")
+    varied = override_keys(specs[0].point)
+    experiment = claim_study(Path(base.logging.dir), base.experiment, settings(to_dict(base)), varied,
+                             [(s.run_dir.name, settings(to_dict(s.config))) for s in specs], new_study)
+    if experiment != base.experiment:
+        base, specs = plan(config, [*overrides, f"experiment={experiment}"], methods, seeds, sweep)
     isolate = c.isolate if isolate is None else isolate
     n, launch_cfg = launch_settings(base, jobs, launcher, slurm, wait)
     queued: list[Job] = []  # with n > 1 or SLURM the runs are launched together, after the loop
@@ -219,6 +238,8 @@ def compare(
             _run_isolated(cfg, spec.run_dir)
         else:
             _run_in_process(cfg, spec.run_dir)
+    from csfl_fabric.study.report import build_report  # matplotlib, scipy: only once there is a report to make
+
     exp_dir = Path(base.logging.dir) / base.experiment
     study = _launch(queued, n, launch_cfg, exp_dir)
     states = {j.run_dir: j.state for j in study.jobs}

@@ -71,11 +71,12 @@ def render(report: Report, records: Sequence[RunRecord], baseline: str, test: st
         f"seeds (Student t). Time (`time_to_*`, `auc_acc_time`) is measured in **{report.time_unit}**"
         + ("" if report.time_unit != "rounds" else " (no simulated clock: `time/sim_total_s` is not logged)") + ".",
         "", *_targets_text(report), "",
+        *_settings_lines(report),
         *_ranking(report, value), "",
         "## Overview", "",
-        *_table(["method", "seeds", *times, *OVERVIEW],
-                [[label, str(report.runs.get(label, 0)), *(value(label, k) for k in (*times, *OVERVIEW))]
-                 for label in report.table]),
+        *_table(["method", "seeds", "rounds", *times, *OVERVIEW],
+                [[label, str(report.runs.get(label, 0)), report.rounds.get(label, ""),
+                  *(value(label, k) for k in (*times, *OVERVIEW))] for label in report.table]),
         "",
     ]
     for label, metrics in report.table.items():
@@ -127,6 +128,23 @@ def _floor_notes(tests: Sequence[dict[str, Any]]) -> list[str]:
                      f"difference it tests can be significant at 0.05 here; it needs at least "
                      f"{seeds_needed(test, family)} seeds.")
     return notes
+
+
+def _settings_lines(report: Report) -> list[str]:
+    """What the runs share and where they differ: runs are pooled only when every other setting agrees."""
+    lines = []
+    if report.varied:
+        lines += [f"Runs differ in {', '.join(f'`{k}`' for k in report.varied)} besides method and seed; each "
+                  "combination is its own row (named in the method column), never pooled.", ""]
+    if report.shared:
+        lines += ["Settings every run shares (`study.yaml`): "
+                  + ", ".join(f"`{k}={v}`" for k, v in report.shared.items() if k.startswith(_HEADLINE)) + ".", ""]
+    return lines
+
+
+#: The shared settings report.md spells out (all of them are in study.yaml).
+_HEADLINE = ("data.dataset", "data.num_clients", "data.partition", "train.model", "train.lr", "train.local_",
+             "rounds.", "aggregator.name", "systems.availability", "systems.deadline")
 
 
 def _test_row(t: dict[str, Any]) -> list[str]:

@@ -13,6 +13,7 @@ import yaml
 from csfl_fabric.engine.loggers import read_metrics
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.study.metrics import as_targets
+from csfl_fabric.study.settings import settings
 
 
 @dataclass
@@ -28,10 +29,17 @@ class RunRecord:
     rows: list[dict[str, float]] = field(repr=False)
     #: The run's configured ``rounds.target_accuracy`` values (empty when it set none).
     targets: tuple[float, ...] = ()
+    #: The run's settings (`csfl_fabric.study.settings.settings` of its config.yaml).
+    settings: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def rounds(self) -> int:
+        """Rounds the run completed (rows of metrics.csv while it has no summary)."""
+        return int(self.summary.get("rounds_completed", len(self.rows)))
 
     @property
     def label(self) -> str:
-        """The variant: method plus sweep point."""
+        """The variant: method plus sweep point (and, in a report, every other setting that differs)."""
         return f"{self.method} {self.point}".strip()
 
 
@@ -53,6 +61,12 @@ class Report:
     target_note: str = ""
     runs: dict[str, int] = field(default_factory=dict)
     ranking: list[str] = field(default_factory=list)
+    #: The settings that differ between the runs (each named in the labels of the rows).
+    varied: list[str] = field(default_factory=list)
+    #: Rounds completed per label (``"50"``, or ``"5-240"`` when its runs differ).
+    rounds: dict[str, str] = field(default_factory=dict)
+    #: The settings all runs of the comparison share (from its study.yaml; empty without one).
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 def load_run(run_dir: Path) -> RunRecord | None:
@@ -71,7 +85,8 @@ def load_run(run_dir: Path) -> RunRecord | None:
     tags = config.get("logging", {}).get("tags") or []
     point = " ".join(tags[2:]) if tags[:2] == [method, f"seed{seed}"] else ""
     targets = as_targets(config.get("rounds", {}).get("target_accuracy"))
-    return RunRecord(run_dir, method, point, seed, summary.get("status", "unfinished"), summary, rows, targets)
+    return RunRecord(run_dir, method, point, seed, summary.get("status", "unfinished"), summary, rows, targets,
+                     settings(config))
 
 
 def _read(path: Path, parse: Any) -> Any:

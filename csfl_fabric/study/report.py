@@ -10,9 +10,10 @@ from typing import Any
 
 from csfl_fabric.engine.files import atomic_open, atomic_write
 from csfl_fabric.errors import ConfigError
+from csfl_fabric.extras import require
 from csfl_fabric.study.markdown import render
-from csfl_fabric.study.plots import make_plots
 from csfl_fabric.study.records import Report, RunRecord, load_runs
+from csfl_fabric.study.settings import label_variants, read_study
 from csfl_fabric.study.stats import censored_pvalue, holm, mean_ci, min_pvalue, paired_difference, paired_pvalue
 from csfl_fabric.study.targets import DEFAULT_FRACTION, add_target_metrics, rank, study_targets
 
@@ -112,13 +113,21 @@ def build_report(directory: str | Path, baseline: str | None = None, test: str =
             else ``target_fraction`` x the best accuracy any run reached (`csfl_fabric.study.targets`).
         target_fraction: the fraction of that default.
 
+    Runs are never pooled across settings: every setting that differs between them (other than the method and the
+    seed) is part of their label, so runs with 5 and 240 rounds, or two partitions, are separate rows.
+
     Raises:
         ConfigError: no run directories below ``directory``, or a baseline that is not one of their methods.
+        MissingExtraError: matplotlib or scipy (the ``report`` extra) is not installed.
     """
+    require("report", "The report (plots and statistics)")
+    from csfl_fabric.study.plots import make_plots
+
     directory = Path(directory)
     records = load_runs(directory, only)
     if not records:
         raise ConfigError(f"No run directories (with config.yaml) below `{directory}`. Pass runs/<experiment>.")
+    varied = label_variants(records)
     methods = sorted({r.method for r in records})
     baseline = baseline or methods[0]
     if baseline not in methods:
@@ -133,11 +142,15 @@ def build_report(directory: str | Path, baseline: str | None = None, test: str =
     unit = "simulated seconds" if any(r.summary.get("time_unit") == "sim_s" for r in records) else "rounds"
     runs = {label: sum(r.label == label and r.status == "success" for r in records) for label in table}
     ranking = rank(table, runs, target_metrics[0]) if target_metrics else list(table)
-    _write_csv(out / "summary.csv", _summary_rows(table, runs, target_metrics))
+    rounds = _rounds(records)
+    _write_csv(out / "summary.csv", _summary_rows(table, runs, target_metrics, rounds))
     _write_csv(out / "runs.csv", [{"run": r.run_dir.name, "method": r.method, "point": r.point, "seed": r.seed,
-                                   "status": r.status, **{m: r.summary.get(m, "") for m in metrics}} for r in records])
+                                   "status": r.status, "rounds": r.rounds,
+                                   **{m: r.summary.get(m, "") for m in metrics}} for r in records])
     plots = make_plots([r for r in records if r.status == "success"], out, fmt)
-    report = Report(out, table, tests, plots, unit, chosen, note, runs, ranking)
+    study = read_study(directory)
+    report = Report(out, table, tests, plots, unit, chosen, note, runs, ranking, varied=varied, rounds=rounds,
+                    shared=study["settings"] if study else {})
     atomic_write(out / "report.md", render(report, records, baseline, test))
     return report
 
@@ -146,11 +159,20 @@ def _labels(records: Sequence[RunRecord]) -> list[str]:
     return list(dict.fromkeys(r.label for r in records))
 
 
+def _rounds(records: Sequence[RunRecord]) -> dict[str, str]:
+    """Rounds completed per variant: one number, or the range when its runs stopped at different rounds."""
+    out = {}
+    for label in _labels(records):
+        rounds = sorted({r.rounds for r in records if r.label == label})
+        out[label] = str(rounds[0]) if len(rounds) == 1 else f"{rounds[0]}-{rounds[-1]}"
+    return out
+
+
 def _summary_rows(table: dict[str, dict[str, tuple[float, float, int]]], runs: dict[str, int],
-                  censored: Sequence[str]) -> list[dict[str, Any]]:
+                  censored: Sequence[str], rounds: dict[str, str]) -> list[dict[str, Any]]:
     rows = []
     for label, metrics in table.items():
-        row: dict[str, Any] = {"method": label, "seeds": runs.get(label, 0)}
+        row: dict[str, Any] = {"method": label, "seeds": runs.get(label, 0), "rounds": rounds.get(label, "")}
         for metric, (mean, half, n) in metrics.items():
             row[f"{metric}_mean"], row[f"{metric}_ci95"] = mean, half
             if metric in censored:

@@ -206,3 +206,13 @@ def flatten_module(module: nn.Module) -> FlatParams | None:
                 module.get_submodule(owner)._buffers[name] = view
     others = {k: t.detach() for k, t in state.items() if k not in floats}
     return FlatParams.of(flat, layout, others)
+
+
+def flat_update(params: Params, global_params: Params) -> Tensor:
+    """A client's update as one float32 CPU vector: its floating-point entries minus the global ones.
+
+    >>> flat_update({"w": torch.tensor([3.0, 1.0])}, {"w": torch.tensor([1.0, 1.0])})
+    tensor([2., 0.])
+    """
+    deltas = [(t.float() - global_params[k].float()).reshape(-1) for k, t in params.items() if t.is_floating_point()]
+    return torch.cat(deltas).cpu()

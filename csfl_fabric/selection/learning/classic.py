@@ -11,8 +11,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy.cluster.hierarchy import ClusterWarning, linkage
-from scipy.spatial.distance import pdist, squareform
 from typing_extensions import override
 
 from csfl_fabric.registry import SELECTORS
@@ -234,6 +232,8 @@ class ClusteredSimilaritySelector(ClusteredSizeSelector):
         dist = np.where(np.outer(norms, norms) > 0, np.arccos(np.clip(cos, -1.0, 1.0)), 0.0)
         with warnings.catch_warnings():
             # The reference code clusters the rows of the square matrix as observations; scipy warns about that.
+            from scipy.cluster.hierarchy import ClusterWarning, linkage  # scipy: only for this selector
+
             warnings.simplefilter("ignore", ClusterWarning)
             tree = linkage(dist, "ward")
         return similarity_urns(tree, p, m, ctx.rng)
@@ -358,6 +358,8 @@ class DivFLSelector(ClientSelector):
             g = _rows(self.updates, len(known))[rows].astype(np.float64)  # type: ignore[arg-type]
             # pdist, not a BLAS matmul: numpy's threaded BLAS took 69 ms for 30 x 610 on a loaded 2-core machine
             # (0.25 ms single-threaded), and the direct differences do not cancel.
+            from scipy.spatial.distance import pdist, squareform  # scipy: only where a selector needs it
+
             dist = squareform(pdist(g)) if len(g) > 1 else np.zeros((len(g), len(g)))
             candidates = np.flatnonzero(np.isin(rows, ctx.available)).tolist()
             picked = facility_location_greedy(dist, k - len(chosen), candidates)

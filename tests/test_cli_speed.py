@@ -1,0 +1,45 @@
+"""The CLI answers at once: `--help`, `list` and a bad-config error take about the time of `import torch`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO, SMOKE
+
+# Runs the CLI, then names the top-level packages it loaded (also after argparse's SystemExit for --help).
+_RUN = ("import sys\nfrom csfl_fabric.cli import main\ntry:\n    code = main(sys.argv[1:])\nfinally:\n"
+        "    print('LOADED', *sorted({m.split('.')[0] for m in sys.modules}), file=sys.stderr)\nsys.exit(code)")
+HEAVY = {"lightning", "matplotlib", "scipy", "torchvision", "sklearn", "wandb", "torchmetrics"}
+
+
+def _timed(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "callbacks")])}
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    return time.perf_counter() - started, proc
+
+
+@pytest.mark.parametrize(("args", "code", "expected"), [
+    (["--help"], 0, "compare"),
+    (["list"], 0, "heuristic.pow_d"),
+    (["run", str(SMOKE), "selector.name=heuristic.rnadom"], 2, "Valid choices (closest first): heuristic.random"),
+    (["run", str(SMOKE), "rounds.clients_per_round=500"], 2, "rounds.clients_per_round"),
+])
+def test_cli_answers_in_about_the_time_of_importing_torch(args: list[str], code: int, expected: str) -> None:
+    # The 2-core machine is shared: the baseline is measured next to each command, the slack is generous (1.5x + 0.5 s)
+    # and a slow outlier is retried once.
+    for _attempt in range(2):
+        torch_s, _ = _timed("-c", "import torch")
+        seconds, proc = _timed("-c", _RUN, *args)
+        assert proc.returncode == code, proc.stderr
+        assert expected in proc.stdout + proc.stderr
+        loaded = set(proc.stderr.split("LOADED", 1)[1].split())
+        assert not loaded & HEAVY
+        if seconds <= 1.5 * torch_s + 0.5:
+            break
+    assert seconds <= 1.5 * torch_s + 0.5, f"{args}: {seconds:.2f} s against import torch {torch_s:.2f} s"
