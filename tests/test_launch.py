@@ -13,7 +13,8 @@ from csfl_fabric.study.progress import JobStatus, StudyView, tail_rows
 from tests.conftest import REPO, SMOKE
 
 METHODS = ["heuristic.random", "heuristic.pow_d"]
-#: Files of a run that must not depend on how it was launched; summary.json differs only in `wall_seconds`.
+#: Files of a run that must not depend on how it was launched; summary.json differs only in its wall times and
+#: its number of sessions (a preempted and requeued run has two).
 IDENTICAL = ("metrics.csv", "selection.csv", "participation.csv", "study.json")
 
 
@@ -27,6 +28,8 @@ def child_path(monkeypatch):
 def _summary_without_timing(run_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary.pop("wall_seconds") > 0
+    assert summary.pop("wall_seconds_session") > 0
+    assert summary.pop("sessions") >= 1
     return summary
 
 

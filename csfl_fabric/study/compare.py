@@ -211,13 +211,13 @@ def compare(
         # Checked before the runs, not after hours of them.
         raise ConfigError(f"Expected the baseline to be one of the methods {sorted({s.method for s in specs})} "
                           f"but got `{baseline}`.")
+    n, launch_cfg = launch_settings(base, jobs, launcher, slurm, wait)  # checked before anything is written
     varied = override_keys(specs[0].point)
     experiment = claim_study(Path(base.logging.dir), base.experiment, settings(to_dict(base)), varied,
                              [(s.run_dir.name, settings(to_dict(s.config))) for s in specs], new_study)
     if experiment != base.experiment:
         base, specs = plan(config, [*overrides, f"experiment={experiment}"], methods, seeds, sweep)
     isolate = c.isolate if isolate is None else isolate
-    n, launch_cfg = launch_settings(base, jobs, launcher, slurm, wait)
     queued: list[Job] = []  # with n > 1 or SLURM the runs are launched together, after the loop
     done: list[tuple[RunSpec, str]] = []
     for spec in specs:
