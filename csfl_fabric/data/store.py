@@ -108,7 +108,7 @@ class ClientData:
 
 
 class ClientStore:
-    """The train set held once on ``device``, and one int64 index tensor per client.
+    """The train set held once on ``device``, and every client's int64 indices into it, in one tensor.
 
     Args:
         x: inputs of all clients, first dimension = samples.
@@ -156,17 +156,39 @@ class ClientStore:
         home = self.device if loader == "tensor" else x.device
         self.x = x.to(home)
         self.y = y.to(home)
-        arrays = [np.asarray(ix, dtype=np.int64).reshape(-1) for ix in client_indices]
-        for client_id, ix in enumerate(arrays):
-            if ix.size and (ix.min() < 0 or ix.max() >= x.shape[0]):
-                raise ValueError(f"Client {client_id} has indices outside [0, {x.shape[0]}).")
-        self._num_samples = np.array([ix.size for ix in arrays], dtype=np.int64)
-        self._indices = [torch.from_numpy(ix).to(home) for ix in arrays]
+        # One index array for all clients and their offsets into it: per-client tensors (and the Python objects
+        # around them) cost ~0.5 kB and ~7 us a client to build, 0.5 GB and 7 s for 10^6 clients (measured).
+        sizes = np.fromiter(map(np.size, client_indices), dtype=np.int64, count=len(client_indices))
+        flat = np.concatenate([np.zeros(0, dtype=np.int64), *client_indices], axis=None).astype(np.int64, copy=False)
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        bad = np.flatnonzero((flat < 0) | (flat >= x.shape[0]))
+        if bad.size:
+            client_id = int(np.searchsorted(self._offsets, bad[0], side="right")) - 1
+            raise ValueError(f"Client {client_id} has indices outside [0, {x.shape[0]}).")
+        self._num_samples = sizes
+        self._flat = torch.from_numpy(flat).to(home)
         self.loaders: LoaderCache | None = None
         if loader == "dataloader":
             self.loaders = LoaderCache(
-                lambda c: ClientLoader(self.x, self.y, self._indices[c], num_workers, self.device), max_cached_loaders
+                lambda c: ClientLoader(self.x, self.y, self._slice(c), num_workers, self.device), max_cached_loaders
             )
+
+    def _slice(self, client_id: int) -> Tensor:
+        # A view of the one index tensor (no copy).
+        return self._flat[int(self._offsets[client_id]) : int(self._offsets[client_id + 1])]
+
+    def flat_indices(self) -> tuple[Tensor, np.ndarray]:
+        """Every client's indices in one tensor, client by client, and the ``num_clients + 1`` offsets into it.
+
+        Client ``c`` holds ``flat[offsets[c]:offsets[c + 1]]``: what a vectorised pass over all clients reads
+        (e.g. which labels each client holds) instead of ``client(c)`` once per client.
+
+        >>> store = ClientStore(torch.zeros(5), torch.zeros(5), [np.array([4, 0]), np.array([2])], seed=0)
+        >>> flat, offsets = store.flat_indices()
+        >>> flat.tolist(), offsets.tolist()
+        ([4, 0, 2], [0, 2, 3])
+        """
+        return self._flat, self._offsets.copy()
 
     def release(self) -> None:
         """Drop the cached loaders (and their worker processes); each is recreated on its client's next use."""
@@ -176,7 +198,7 @@ class ClientStore:
     @property
     def num_clients(self) -> int:
         """Number of clients."""
-        return len(self._indices)
+        return len(self._num_samples)
 
     @property
     def num_samples(self) -> np.ndarray:
@@ -194,7 +216,7 @@ class ClientStore:
             num_samples=int(self._num_samples[client_id]),
             x=self.x,
             y=self.y,
-            indices=self._indices[client_id],
+            indices=self._slice(client_id),
             seed=_client_seed(self.seed, int(round_idx), int(client_id)),
             loader=None if self.loaders is None else lambda: self.loaders.get(client_id),  # type: ignore[union-attr]
             device=None if self.loaders is None else self.device,

@@ -17,6 +17,7 @@ import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +122,9 @@ class SystemProfiles:
     transfer_s: np.ndarray
     deadline: float | None = None
 
-    @property
+    @cached_property
     def duration(self) -> np.ndarray:
-        """Expected seconds from download to upload: compute plus two transfers."""
+        """Expected seconds from download to upload: compute plus two transfers (computed once: O(clients))."""
         return self.compute_s + 2 * self.transfer_s
 
 
@@ -200,6 +201,8 @@ class SystemModel:
         self._availability_rng, self._dropout_rng = availability_rng, dropout_rng
         self.total_s = 0.0
         self._probe_s = 0.0
+        self._everyone = np.arange(self.num_clients)  # `always`: one read-only array, not one per round
+        self._everyone.setflags(write=False)
 
     def num_to_select(self, k: int) -> int:
         """How many clients to ask the selector for: ``ceil(overcommit * k)``, at most all clients."""
@@ -214,7 +217,7 @@ class SystemModel:
             rows = self.trace[(self.trace[:, 1] <= t) & (t < self.trace[:, 2])]  # type: ignore[index]
             ids = np.unique(rows[:, 0].astype(np.int64))
             return ids[ids < self.num_clients]
-        return np.arange(self.num_clients)
+        return self._everyone
 
     def record_probe(self, ids: Sequence[int], batch_size: int | None = None) -> None:
         """Count a probe of ``ids``: the probe phase lasts until the slowest probed client is done.
