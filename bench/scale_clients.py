@@ -55,7 +55,8 @@ def _register_dataset() -> None:
         x = rng.standard_normal((PER_CLIENT * num_clients, DIM), dtype=np.float32)
         x_test = rng.standard_normal((2000, DIM), dtype=np.float32)
         # Labels in slices: the logits of all samples at once would add 40 bytes a sample to the peak.
-        y, y_test = (torch.from_numpy(np.concatenate([(a[i : i + 2**16] @ w).argmax(1) for i in range(0, len(a), 2**16)]))
+        step = 2**16
+        y, y_test = (torch.from_numpy(np.concatenate([(a[i : i + step] @ w).argmax(1) for i in range(0, len(a), step)]))
                      for a in (x, x_test))
         parts = list(np.arange(PER_CLIENT * num_clients, dtype=np.int64).reshape(num_clients, PER_CLIENT))
         return FederatedDataset(torch.from_numpy(x), y, torch.from_numpy(x_test), y_test, CLASSES, (DIM,), parts)

@@ -214,11 +214,14 @@ def test_bf16_mixed_runs_close_to_sequential() -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(("precision", "atol"), [("32-true", 1e-4), ("bf16-mixed", 5e-2)])
-def test_cohort_matches_sequential_on_cuda(monkeypatch: pytest.MonkeyPatch, precision: str, atol: float) -> None:
+@pytest.mark.parametrize("split_cost", [None, 0.0], ids=["steps-whole", "steps-cut"])
+def test_cohort_matches_sequential_on_cuda(monkeypatch: pytest.MonkeyPatch, precision: str, atol: float,
+                                           split_cost: float | None) -> None:
     # TF32 would round both backends' matmuls to 10 mantissa bits, far above the tolerance.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    _compare(TrainSettings(batch_size=4, lr=0.05, momentum=0.9, mu=0.1), device="cuda", precision=precision, atol=atol)
+    _compare(TrainSettings(batch_size=4, lr=0.05, momentum=0.9, mu=0.1, local_epochs=2), device="cuda",
+             precision=precision, atol=atol, split_cost=split_cost)
 
 
 def _metrics(tmp_path: Path, backend: str) -> list[dict[str, str]]:

@@ -123,7 +123,7 @@ class _Plan:
         # device would cost a kernel launch each (CUDA). A padded entry points at the chunk's first sample.
         flat = [b[t] for t, blocks in enumerate(shape) for a, z, _ in blocks for b in batches[a:z]]
         masks, positions, offset = [], [], 0
-        for a, z, widths in (block for blocks in shape for block in blocks):
+        for _, _, widths in (block for blocks in shape for block in blocks):
             lengths = torch.tensor(widths)
             mask = torch.arange(max(widths)) < lengths.unsqueeze(1)
             starts = torch.cumsum(lengths, 0) - lengths + offset

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults
