@@ -46,6 +46,7 @@ def _register_dataset() -> None:
     import torch
 
     from csfl_fabric.data.datasets import FederatedDataset
+    from csfl_fabric.data.indices import ClientIndices
     from csfl_fabric.registry import DATASETS
 
     @DATASETS.register("bench.many_clients")
@@ -58,7 +59,8 @@ def _register_dataset() -> None:
         step = 2**16
         y, y_test = (torch.from_numpy(np.concatenate([(a[i : i + step] @ w).argmax(1) for i in range(0, len(a), step)]))
                      for a in (x, x_test))
-        parts = list(np.arange(PER_CLIENT * num_clients, dtype=np.int64).reshape(num_clients, PER_CLIENT))
+        total = PER_CLIENT * num_clients
+        parts = ClientIndices(np.arange(total), np.arange(0, total + 1, PER_CLIENT))  # one array, no list of N
         return FederatedDataset(torch.from_numpy(x), y, torch.from_numpy(x_test), y_test, CLASSES, (DIM,), parts)
 
 

@@ -64,9 +64,10 @@ def test_labels_present_by_hand():
     # Labels 3, 7 and 9 (columns 0, 1, 2); client 1 holds nothing, client 2 one class twice.
     y = torch.tensor([7, 3, 9, 9, 7, 3])
     parts = [np.array([0, 1]), np.array([], dtype=np.int64), np.array([2, 3]), np.array([5, 4, 2])]
-    present = labels_present(ClientStore(torch.zeros(6, 2), y, parts, seed=0))
-    assert present.tolist() == [[True, True, False], [False, False, False], [False, False, True],
-                                [True, True, True]]
+    store = ClientStore(torch.zeros(6, 2), y, parts, seed=0)
+    expected = [[True, True, False], [False, False, False], [False, False, True], [True, True, True]]
+    for clients_at_once in (1, 3, 2**16):  # blocks of clients: every boundary case
+        assert labels_present(store, clients_at_once).tolist() == expected
 
 
 def test_forward_flops_of_a_small_mlp():

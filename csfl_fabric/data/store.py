@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from csfl_fabric.data.indices import ClientIndices
 from csfl_fabric.data.loaders import ClientLoader, LoaderCache, batch_indices
 
 _MASK64 = (1 << 64) - 1
@@ -113,7 +114,7 @@ class ClientStore:
     Args:
         x: inputs of all clients, first dimension = samples.
         y: labels, same first dimension as ``x``.
-        client_indices: one index array into ``x`` per client (e.g. a partitioner's output).
+        client_indices: one index array into ``x`` per client (e.g. a partitioner's output), or a `ClientIndices`.
         seed: run seed; with the round and client it seeds each client's batch order.
         device: where the tensors live; they are moved there once, here. In ``dataloader`` mode they stay where
             they are and each batch is moved to ``device``.
@@ -158,14 +159,13 @@ class ClientStore:
         self.y = y.to(home)
         # One index array for all clients and their offsets into it: per-client tensors (and the Python objects
         # around them) cost ~0.5 kB and ~7 us a client to build, 0.5 GB and 7 s for 10^6 clients (measured).
-        sizes = np.fromiter(map(np.size, client_indices), dtype=np.int64, count=len(client_indices))
-        flat = np.concatenate([np.zeros(0, dtype=np.int64), *client_indices], axis=None).astype(np.int64, copy=False)
-        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        parts = ClientIndices.of(client_indices)
+        flat, self._offsets = parts.flat, parts.offsets
         bad = np.flatnonzero((flat < 0) | (flat >= x.shape[0]))
         if bad.size:
             client_id = int(np.searchsorted(self._offsets, bad[0], side="right")) - 1
             raise ValueError(f"Client {client_id} has indices outside [0, {x.shape[0]}).")
-        self._num_samples = sizes
+        self._num_samples = parts.sizes
         self._flat = torch.from_numpy(flat).to(home)
         self.loaders: LoaderCache | None = None
         if loader == "dataloader":

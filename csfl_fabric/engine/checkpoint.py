@@ -4,7 +4,9 @@ A checkpoint is ``{"format", "meta", "state"}`` saved with `torch.save`: ``state
 orchestrator's ``state_dict()`` (anything with ``state_dict``/``load_state_dict`` works) and ``meta``
 what the writer wants to check on resume (the config hash). Files are ``round-000012.pt`` under the
 run's ``checkpoints/``; a temporary file is written, fsynced and renamed, so a kill during the write
-leaves the previous checkpoint as the latest one.
+leaves the previous checkpoint as the latest one. NumPy arrays in the state are written as tensors sharing
+their memory (and read back as arrays): a pickled array is copied into the pickle's in-memory buffer, which for
+10^6 clients' history (40 MB) raised the write's peak by ~200 MB.
 """
 
 from __future__ import annotations
@@ -14,12 +16,37 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from csfl_fabric.errors import CheckpointError
 
 FORMAT = 1
 _NAME = re.compile(r"round-(\d+)\.pt")
+_ARRAY = "__numpy_array__"  # marks a NumPy array stored as a tensor
+
+
+def _pack(obj: Any) -> Any:
+    """``obj`` with every NumPy array of a dtype torch holds replaced by a marked tensor on the same memory."""
+    if isinstance(obj, dict):
+        return {k: _pack(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_pack(v) for v in obj)
+    if isinstance(obj, np.ndarray) and obj.dtype.kind in "biuf" and obj.dtype.isnative:
+        shared = obj.flags.c_contiguous and obj.flags.writeable  # else a copy (torch wants both)
+        return {_ARRAY: torch.from_numpy(obj if shared else obj.copy(order="C"))}
+    return obj
+
+
+def _unpack(obj: Any) -> Any:
+    """The inverse of `_pack`: the marked tensors as NumPy arrays again."""
+    if isinstance(obj, dict):
+        if len(obj) == 1 and _ARRAY in obj:
+            return obj[_ARRAY].numpy()
+        return {k: _unpack(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_unpack(v) for v in obj)
+    return obj
 
 
 def checkpoint_path(dirpath: str | Path, round_idx: int) -> Path:
@@ -43,7 +70,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], meta: dict[str, Any
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with tmp.open("wb") as fh:
-            torch.save({"format": FORMAT, "meta": meta or {}, "state": state}, fh)
+            torch.save({"format": FORMAT, "meta": meta or {}, "state": _pack(state)}, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -79,4 +106,4 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "state" not in ckpt:
         raise CheckpointError(f"`{path}` is not a csfl_fabric checkpoint of format {FORMAT}; {fix}.")
-    return ckpt
+    return {**ckpt, "state": _unpack(ckpt["state"])}
