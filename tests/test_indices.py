@@ -21,7 +21,8 @@ def test_a_list_round_trips_with_its_views_sizes_and_owners() -> None:
     parts = _parts(np.random.default_rng(0))
     flat = ClientIndices.of(parts)
     assert ClientIndices.of(flat) is flat
-    assert len(flat) == len(parts) and flat.sizes.tolist() == [len(p) for p in parts]
+    assert len(flat) == len(parts)
+    assert flat.sizes.tolist() == [len(p) for p in parts]
     assert [p.tolist() for p in flat] == [p.tolist() for p in parts]
     assert [flat[c].tolist() for c in (0, -1)] == [parts[0].tolist(), parts[-1].tolist()]
     assert [p.tolist() for p in flat[2:5]] == [p.tolist() for p in parts[2:5]]

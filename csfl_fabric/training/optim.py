@@ -46,6 +46,7 @@ class FunctionalOptimizer:
     corrections are scalars, computed in double as torch does. The state is updated in place: the same
     operations, in the same order, as torch.optim's single-tensor SGD and Adam.
 
+    >>> import torch
     >>> opt = FunctionalOptimizer(OptimizerSettings(lr=0.1, momentum=0.5))
     >>> [opt.direction("w", torch.tensor([1.0]))[0].item() for _ in range(3)]   # buf = g, 1.5, 1.75
     [1.0, 1.5, 1.75]
