@@ -31,6 +31,7 @@ from csfl_fabric.callbacks.study import StudyMetrics
 from csfl_fabric.config import CallbackConfig, Config, MemoryConfig, config_hash, to_dict
 from csfl_fabric.data import systems
 from csfl_fabric.data.datasets import FederatedDataset
+from csfl_fabric.data.indices import ClientIndices
 from csfl_fabric.data.store import ClientStore
 from csfl_fabric.engine.distributed import fabric_strategy, launch
 from csfl_fabric.engine.files import make_fresh_dir
@@ -113,15 +114,16 @@ def build_fabric(config: Config, callbacks: Sequence[Any] = (), loggers: Sequenc
                           f"{f.precision} cannot start here: {' '.join(str(e).split())}") from None
 
 
-def build_dataset(config: Config) -> tuple[FederatedDataset, list[np.ndarray]]:
+def build_dataset(config: Config) -> tuple[FederatedDataset, ClientIndices]:
     """Load the dataset and split its training set into clients."""
     d = config.data
     dataset = DATASETS.build(d.dataset, d.params, root=d.root, download=d.download, num_clients=d.num_clients,
                              rng=stream(config.seed, "data"))
-    parts = PARTITIONERS.build(d.partition.name, d.partition.params, dataset=dataset, num_clients=d.num_clients,
-                               rng=stream(config.seed, "partition"))
-    empty = [i for i, p in enumerate(parts) if len(p) == 0]
-    if empty:
+    # One array and offsets from here on, whatever the partitioner returned: no Python object per client.
+    parts = ClientIndices.of(PARTITIONERS.build(d.partition.name, d.partition.params, dataset=dataset,
+                                                num_clients=d.num_clients, rng=stream(config.seed, "partition")))
+    empty = np.flatnonzero(parts.sizes == 0)
+    if len(empty):
         raise ConfigError(f"Partition `{d.partition.name}` left client {empty[0]} without samples: lower "
                           f"`data.num_clients` ({d.num_clients}) or change `data.partition.params`.")
     return dataset, parts
@@ -210,8 +212,8 @@ def check_model_fits(config: Config, model: torch.nn.Module, dataset: FederatedD
                           "(csfl-fabric list models) or change `train.model_params`.")
 
 
-def build_store(config: Config, fabric: Fabric, dataset: FederatedDataset, parts: list[np.ndarray]) -> ClientStore:
-    """The clients' data: the dataset's tensors held once, a client an index array."""
+def build_store(config: Config, fabric: Fabric, dataset: FederatedDataset, parts: Sequence[np.ndarray]) -> ClientStore:
+    """The clients' data: the dataset's tensors held once, a client a slice of one index array."""
     d = config.data
     return ClientStore(dataset.x_train, dataset.y_train, parts, seed=config.seed, device=fabric.device,
                        loader=d.loader, num_workers=d.num_workers, max_cached_loaders=d.max_cached_loaders)

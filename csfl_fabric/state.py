@@ -81,6 +81,8 @@ class ClientHistory:
 
     #: The counters, in the order of `participation.csv`'s columns after ``client_id``.
     COUNTS = ("times_selected", "times_completed", "times_dropped")
+    #: Every array a checkpoint holds.
+    KEYS = ("last_loss", "last_round", *COUNTS)
 
     def __post_init__(self) -> None:
         n = len(self.num_samples)
@@ -88,6 +90,10 @@ class ClientHistory:
         self.last_round = np.full(n, -1, dtype=np.int64)
         for key in self.COUNTS:
             setattr(self, key, np.zeros(n, dtype=np.int64))
+        #: `record` calls so far; with `state_dict(before_last_record=True)` a round-start snapshot need not copy
+        #: these O(clients) arrays every round (10^6 clients: 17 ms a round) to be exact after the round's record.
+        self.records = 0
+        self._before_last: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
 
     def record(self, round_idx: int, results: Sequence[ClientResult], selected: np.ndarray | None = None,
                dropped: np.ndarray | None = None) -> None:
@@ -99,6 +105,10 @@ class ClientHistory:
         completed = np.array([r.client_id for r in results], dtype=np.int64)
         selected = completed if selected is None else selected
         dropped = np.zeros(0, dtype=np.int64) if dropped is None else dropped
+        touched = np.unique(np.concatenate([completed, np.asarray(selected, dtype=np.int64),
+                                            np.asarray(dropped, dtype=np.int64)]))
+        self._before_last = (touched, {key: getattr(self, key)[touched].copy() for key in self.KEYS})
+        self.records += 1
         for counts, ids in ((self.times_selected, selected), (self.times_completed, completed),
                             (self.times_dropped, dropped)):
             np.add.at(counts, np.asarray(ids, dtype=np.int64), 1)
@@ -106,13 +116,19 @@ class ClientHistory:
             self.last_loss[r.client_id] = r.loss
             self.last_round[r.client_id] = round_idx
 
-    def state_dict(self) -> dict[str, Any]:
-        """Arrays to checkpoint."""
-        return {key: getattr(self, key).copy() for key in ("last_loss", "last_round", *self.COUNTS)}
+    def state_dict(self, before_last_record: bool = False) -> dict[str, Any]:
+        """Arrays to checkpoint; ``before_last_record``: as they were before the latest `record` call."""
+        state = {key: getattr(self, key).copy() for key in self.KEYS}
+        if before_last_record and self._before_last is not None:
+            ids, old = self._before_last
+            for key, values in old.items():
+                state[key][ids] = values
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from `state_dict`."""
         self.last_loss = np.asarray(state["last_loss"], dtype=float).copy()
+        self._before_last = None
         for key in ("last_round", *self.COUNTS):
             setattr(self, key, np.asarray(state[key], dtype=np.int64).copy())
 

@@ -140,6 +140,24 @@ def test_chunk_rows_fold_in_like_separate_clients():
     torch.testing.assert_close(new["n"], global_params["n"])
 
 
+def test_chunk_rows_in_another_order_than_the_chunks_fold_in_like_separate_clients():
+    """The cohort yields its clients in the order given, not in its rows' order: a block folded in out of order
+    (and a block that starts past row 0) gives the weighted mean with each weight on its own row."""
+    g = torch.Generator().manual_seed(6)
+    global_params = {**_params(g), "n": torch.full((1,), 0.5)}
+    clients = [{**_params(g), "n": torch.full((1,), 0.5)} for _ in range(5)]
+    rows = _chunk(clients)
+    order, weights = [3, 1, 4, 2], [1.0, 2.0, 3.0, 4.0]  # rows 1..4, shuffled; row 0 belongs to no one here
+    agg = FedAvg()
+    agg.reset(global_params)
+    for i, w in zip(order, weights, strict=True):
+        agg.update(rows[i], w)
+    new = agg.compute()
+    for k in SHAPES:
+        np.testing.assert_allclose(new[k].numpy(), _np_mean([clients[i] for i in order], weights, k), rtol=1e-5,
+                                   atol=1e-6)
+
+
 def test_chunk_rows_are_folded_before_reduce():
     g = torch.Generator().manual_seed(5)
     global_params, clients = _params(g), [_params(g) for _ in range(3)]

@@ -19,7 +19,7 @@ from csfl_fabric.api import run
 from csfl_fabric.data.store import ClientStore
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.models import cnn
-from csfl_fabric.training.cohort import CohortTrainer
+from csfl_fabric.training.cohort import CohortTrainer, _Plan, split_rows
 from csfl_fabric.training.sequential import ClientTrainer, TrainSettings
 from tests.conftest import SMOKE
 from tests.test_orchestrator import Recorder
@@ -47,11 +47,12 @@ def _fit_all(trainer: ClientTrainer, store: ClientStore) -> list[tuple[dict[str,
 
 
 def _compare(settings: TrainSettings, cohort_size: int = 64, device: str = "cpu", precision: str = "32-true",
-             atol: float = 1e-5) -> None:
+             atol: float = 1e-5, split_cost: float | None = None) -> None:
     store = _store(device)
     fabric = Fabric(accelerator=device, devices=1, precision=precision)  # type: ignore[arg-type]
     sequential = _fit_all(ClientTrainer(fabric, _model(), settings, 4), store)
-    cohort = _fit_all(CohortTrainer(fabric, _model(), settings, 4, cohort_size=cohort_size), store)
+    cohort = _fit_all(CohortTrainer(fabric, _model(), settings, 4, cohort_size=cohort_size, split_cost=split_cost),
+                      store)
     assert len(cohort) == len(sequential) == len(SIZES)
     for (p_seq, r_seq), (p_co, r_co) in zip(sequential, cohort, strict=True):
         assert r_co.client_id == r_seq.client_id  # type: ignore[attr-defined]
@@ -81,6 +82,56 @@ def test_cohort_matches_sequential(settings: TrainSettings) -> None:
 
 def test_chunks_smaller_than_the_round_match_too() -> None:
     _compare(TrainSettings(batch_size=4, lr=0.05, momentum=0.9), cohort_size=2)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [TrainSettings(batch_size=5, lr=0.05, momentum=0.9, weight_decay=0.01, mu=0.5, local_epochs=2),
+     TrainSettings(batch_size=5, lr=0.01, optimizer="adam", local_epochs=2)],
+    ids=["momentum-wd-fedprox", "adam"],
+)
+def test_steps_cut_into_blocks_match_sequential(settings: TrainSettings) -> None:
+    # split_cost 0: every distinct batch width of a step is its own block, the first step's included, so the
+    # optimizer state of one client is updated by different blocks from step to step.
+    _compare(settings, split_cost=0.0)
+
+
+def test_split_rows_minimises_padding_plus_calls() -> None:
+    widths = [16, 16, 16, 9, 8, 3, 1]
+    assert split_rows(widths, call_cost=0) == [(0, 3), (3, 4), (4, 5), (5, 6), (6, 7)]  # no padding at all
+    assert split_rows(widths, call_cost=float("inf")) == [(0, 7)]
+    # By hand, call_cost 16: one block 16 + 7*16 = 128; [16x3 | 9, 8 | 3, 1] 64 + 34 + 22 = 120;
+    # [16x3 | 9, 8, 3, 1] 64 + 52 = 116.
+    assert split_rows(widths, call_cost=16) == [(0, 3), (3, 7)]
+    assert split_rows([], call_cost=16) == []
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # against every way of cutting 8 rows (2^7)
+        widths = sorted(rng.integers(1, 17, size=8).tolist(), reverse=True)
+        cost = float(rng.choice([0, 4, 16, 64]))
+        def total(blocks: list[tuple[int, int]], widths: list[int] = widths, cost: float = cost) -> float:
+            return sum(cost + (z - a) * max(widths[a:z]) for a, z in blocks)
+        cuts = [[0, *[i for i in range(1, 8) if mask >> (i - 1) & 1], 8] for mask in range(128)]
+        best = min(total(list(zip(c, c[1:], strict=False))) for c in cuts)
+        assert total(split_rows(widths, cost)) == best
+
+
+def test_the_plan_puts_the_longest_clients_first_and_pads_little() -> None:
+    """SIZES at batch 4: 7, 2, 4, 1 and 5 steps. The rows are the clients longest first, each step trains
+    only the clients still training, and no block pads a batch it does not need to."""
+    store = _store()
+    clients = [store.client(c, 1) for c in range(store.num_clients)]
+    plan = _Plan.of(clients, TrainSettings(batch_size=4), call_cost=0.0)
+    assert plan.rows == [0, 3, 2, 4, 1]  # client 0 (7 steps) is row 0, client 4 (5 steps) row 1, ...
+    assert plan.num_steps == [7, 5, 4, 2, 1]
+    assert [sum(b.stop - b.start for b in blocks) for blocks in plan.steps] == [5, 4, 3, 3, 2, 1, 1]
+    trained = sum(int(b.mask.sum()) for blocks in plan.steps for b in blocks)
+    padded = sum(b.mask.numel() for blocks in plan.steps for b in blocks)
+    assert trained == padded == sum(SIZES)  # call_cost 0: not one padded sample
+    for t, blocks in enumerate(plan.steps):  # each block: its rows' own batches, as the sequential trainer takes them
+        for b in blocks:
+            for r in range(b.start, b.stop):
+                expected = list(clients[plan.rows.index(r)].batch_indices(4))[t]
+                assert b.index[r - b.start][b.mask[r - b.start]].tolist() == expected.tolist()
 
 
 def test_rows_are_views_of_their_chunk_and_outlive_later_chunks() -> None:
@@ -163,11 +214,14 @@ def test_bf16_mixed_runs_close_to_sequential() -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(("precision", "atol"), [("32-true", 1e-4), ("bf16-mixed", 5e-2)])
-def test_cohort_matches_sequential_on_cuda(monkeypatch: pytest.MonkeyPatch, precision: str, atol: float) -> None:
+@pytest.mark.parametrize("split_cost", [None, 0.0], ids=["steps-whole", "steps-cut"])
+def test_cohort_matches_sequential_on_cuda(monkeypatch: pytest.MonkeyPatch, precision: str, atol: float,
+                                           split_cost: float | None) -> None:
     # TF32 would round both backends' matmuls to 10 mantissa bits, far above the tolerance.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    _compare(TrainSettings(batch_size=4, lr=0.05, momentum=0.9, mu=0.1), device="cuda", precision=precision, atol=atol)
+    _compare(TrainSettings(batch_size=4, lr=0.05, momentum=0.9, mu=0.1, local_epochs=2), device="cuda",
+             precision=precision, atol=atol, split_cost=split_cost)
 
 
 def _metrics(tmp_path: Path, backend: str) -> list[dict[str, str]]:

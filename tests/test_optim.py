@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from csfl_fabric.training.optim import FunctionalOptimizer
+from csfl_fabric.training.optim import FunctionalOptimizer, Rows
 from csfl_fabric.training.settings import OptimizerSettings
 
 CASES = [OptimizerSettings("sgd", 0.1), OptimizerSettings("sgd", 0.1, momentum=0.9, weight_decay=0.01),
@@ -38,13 +38,12 @@ def test_functional_steps_match_torch_optim(settings: OptimizerSettings) -> None
         torch.testing.assert_close(a, b.detach(), rtol=1e-6, atol=1e-7)
 
 
-def test_an_inactive_client_keeps_its_state() -> None:
+def test_a_block_of_rows_moves_only_its_own_state() -> None:
     # Two stacked clients; the second stops after the first step: its momentum buffer must not move.
     functional = FunctionalOptimizer(OptimizerSettings("sgd", 0.1, momentum=0.5))
-    g = torch.ones(2, 3)
-    functional.direction("w", g.clone())
-    d, _ = functional.direction("w", g.clone(), active=torch.tensor([True, False]))
+    functional.direction("w", torch.ones(2, 3), rows=Rows(0, 2, 2, step=0))
+    d, _ = functional.direction("w", torch.ones(1, 3), rows=Rows(0, 1, 2, step=1))
     assert d[0].tolist() == [1.5, 1.5, 1.5]  # 0.5 * 1 + 1
-    assert d[1].tolist() == [1.0, 1.0, 1.0]  # kept
+    assert functional.exp_avg["w"][1].tolist() == [1.0, 1.0, 1.0]  # kept
     assert FunctionalOptimizer(OptimizerSettings()).plain
     assert not FunctionalOptimizer(OptimizerSettings(momentum=0.9)).plain

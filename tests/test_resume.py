@@ -207,3 +207,52 @@ def test_every_selector_resumes_exactly_in_process(tmp_path: Path, smoke: list[s
     resumed = resume(tmp_path / "stopped")
     assert (resumed.run_dir / "metrics.csv").read_bytes() == (reference.run_dir / "metrics.csv").read_bytes()
     assert all(torch.equal(resumed.params[k], reference.params[k]) for k in reference.params)
+
+
+class FailAfterRecord:
+    """Raises at the end of ``round``: after the round's history record, before its row is logged."""
+
+    def __init__(self, round_idx: int) -> None:
+        self.round = round_idx
+
+    def on_round_end(self, state: Any) -> None:
+        if state.round == self.round:
+            raise RuntimeError("a callback failed")
+
+
+def test_a_run_that_fails_after_the_history_record_resumes_from_the_round_start(tmp_path: Path,
+                                                                               smoke: list[str]) -> None:
+    # The round-start snapshot leaves the per-client history out and undoes the round's record on saving it: the
+    # resumed run must replay round 2 from exactly the state it started with.
+    over = [*smoke, "rounds.num_rounds=4", *SYSTEMS]
+    reference = run(SMOKE, over, run_dir=tmp_path / "reference")
+    with pytest.raises(RuntimeError, match="a callback failed"):
+        run(SMOKE, over, callbacks=[FailAfterRecord(2)], run_dir=tmp_path / "failed")
+    saved = load_checkpoint(latest_checkpoint(tmp_path / "failed"))["state"]  # type: ignore[arg-type]
+    assert saved["round"] == 2
+    selected = sum(int(m["select/num_selected"]) for m in reference.metrics[:2])  # two rounds' worth, not three
+    assert saved["history"]["times_selected"].sum() == selected
+    resumed = resume(tmp_path / "failed")
+    assert (resumed.run_dir / "metrics.csv").read_bytes() == (reference.run_dir / "metrics.csv").read_bytes()
+    assert all(torch.equal(resumed.params[k], reference.params[k]) for k in reference.params)
+
+
+def test_numpy_arrays_in_a_checkpoint_come_back_as_they_were(tmp_path: Path) -> None:
+    # Written as tensors on the arrays' memory (no pickled copy), read back as arrays of the same dtype and shape.
+    state = {"a": np.arange(5), "nested": [np.ones(3, dtype=np.float16), (np.array([True, False]),)],
+             "u": np.array([1, 2], dtype=np.uint32), "scalar": np.array(3.5), "strided": np.arange(10)[::-2],
+             "readonly": np.frombuffer(b"\x01\x02", dtype=np.uint8), "text": np.array(["x"]),
+             "rng": np.random.MT19937(0).state, "marker_like": {"__numpy_array__": 1, "other": 2}}
+    save_checkpoint(tmp_path / "round-000001.pt", state)
+    back = load_checkpoint(tmp_path / "round-000001.pt")["state"]
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, (list, tuple)):
+            return type(a) is type(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+        if isinstance(a, np.ndarray):
+            return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and bool((a == b).all())
+        return bool(a == b)
+
+    assert same(state, back)

@@ -367,3 +367,15 @@ def test_round_robin_takes_an_offline_client_when_it_is_back() -> None:
     assert selector.select(_ctx([1] * 6, 2, rng)).ids.tolist() == [0, 3]  # client 0 was pending
     assert selector.select(_ctx([1] * 6, 2, rng)).ids.tolist() == [4, 5]
     assert selector.select(_ctx([1] * 6, 2, rng)).ids.tolist() == [0, 1]  # the next pass
+
+
+def test_top_stable_is_a_stable_argsort_prefix():
+    from csfl_fabric.selection.base import top_stable
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 40))
+        values = rng.integers(0, 5, size=n).astype(float)  # many ties
+        values[rng.random(n) < 0.1] = np.inf
+        for m in (0, 1, n // 2, n - 1, n, n + 3):
+            assert top_stable(values, m).tolist() == np.argsort(-values, kind="stable")[:m].tolist()

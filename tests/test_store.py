@@ -165,3 +165,33 @@ def test_batch_indices_are_the_rows_of_batches() -> None:
     rows = [idx.tolist() for idx in client.batch_indices(3, epochs=2)]
     assert rows == _ids(list(client.batches(3, epochs=2)))  # row i holds label i
     assert len(rows) == 6  # ceil(8 / 3) batches x 2 epochs
+
+
+def test_every_client_is_a_view_of_one_index_tensor() -> None:
+    # One tensor for all clients (no per-client tensors: 10^6 of them cost ~0.5 GB), in the partition's order.
+    store = _store()
+    flat, offsets = store.flat_indices()
+    parts = np.array_split(np.random.default_rng(0).permutation(23), 3)
+    assert flat.tolist() == np.concatenate(parts).tolist()
+    assert offsets.tolist() == [0, 8, 16, 23]
+    for c in range(3):
+        indices = store.client(c, 0).indices
+        assert indices.tolist() == parts[c].tolist()
+        assert indices.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+
+
+def test_an_index_out_of_range_names_its_client() -> None:
+    with pytest.raises(ValueError, match=r"Client 1 has indices outside \[0, 4\)"):
+        ClientStore(torch.zeros(4), torch.zeros(4), [np.array([0, 1]), np.array([3, 4]), np.array([2])], seed=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_store_on_cuda_gives_the_cpu_store_batches() -> None:
+    cpu, x = _store(), torch.arange(23, dtype=torch.float32).unsqueeze(1).repeat(1, 4)
+    parts = np.array_split(np.random.default_rng(0).permutation(23), 3)
+    gpu = ClientStore(x, torch.arange(23), parts, seed=0, device="cuda")
+    for c in range(3):
+        on_gpu = gpu.client(c, 2)
+        assert on_gpu.indices.is_cuda
+        assert _ids([(a.cpu(), b.cpu()) for a, b in on_gpu.batches(3)]) == _ids(list(cpu.client(c, 2).batches(3)))

@@ -6,10 +6,11 @@ import torch
 
 import csfl_fabric
 from csfl_fabric.build import build_dataset, build_run
-from csfl_fabric.callbacks.study import forward_flops_per_sample, read_selection
+from csfl_fabric.callbacks.study import ParticipationStats, forward_flops_per_sample, labels_present, read_selection
+from csfl_fabric.data.store import ClientStore
 from csfl_fabric.engine.checkpoint import load_checkpoint
 from csfl_fabric.engine.loggers import read_metrics
-from csfl_fabric.study.metrics import gini, normalized_entropy
+from csfl_fabric.study.metrics import gini, normalized_entropy, participation_variance
 from tests.conftest import SMOKE
 
 
@@ -40,6 +41,33 @@ def test_per_round_study_metrics_by_hand(smoke):
         assert row["fair/label_coverage"] == pytest.approx(len(covered) / len(np.unique(labels)))
     assert result.summary["cost_bytes_up_total"] == up_total
     assert result.summary["initial_acc"] == info["initial_acc"]
+
+
+def test_participation_stats_follow_the_full_recomputation():
+    """Updated with the changed clients only, round after round (duplicates and idle rounds included): the Gini
+    bit for bit, variance and entropy to float rounding."""
+    rng = np.random.default_rng(0)
+    counts = np.zeros(50, dtype=np.int64)
+    stats = ParticipationStats(counts)
+    for r in range(40):
+        ids = rng.choice(50, size=rng.integers(0, 8), replace=bool(r % 2))
+        np.add.at(counts, ids, 1)
+        stats.update(counts, ids)
+        m = stats.metrics()
+        assert m["fair/participation_gini"] == gini(counts)
+        assert m["fair/participation_var"] == pytest.approx(participation_variance(counts), rel=1e-12, abs=1e-15)
+        assert m["fair/participation_entropy"] == pytest.approx(normalized_entropy(counts), rel=1e-12, nan_ok=True)
+    assert ParticipationStats(counts).metrics() == stats.metrics()  # a resume rebuilds the same from the counts
+
+
+def test_labels_present_by_hand():
+    # Labels 3, 7 and 9 (columns 0, 1, 2); client 1 holds nothing, client 2 one class twice.
+    y = torch.tensor([7, 3, 9, 9, 7, 3])
+    parts = [np.array([0, 1]), np.array([], dtype=np.int64), np.array([2, 3]), np.array([5, 4, 2])]
+    store = ClientStore(torch.zeros(6, 2), y, parts, seed=0)
+    expected = [[True, True, False], [False, False, False], [False, False, True], [True, True, True]]
+    for clients_at_once in (1, 3, 2**16):  # blocks of clients: every boundary case
+        assert labels_present(store, clients_at_once).tolist() == expected
 
 
 def test_forward_flops_of_a_small_mlp():

@@ -148,15 +148,23 @@ class Aggregator(ABC):
         chunk, index, weights = self._pending
         self._pending = None
         device = self._flat.device  # type: ignore[union-attr]  # set by reset
+        # Rows that cover a block of the chunk, in any order (the cohort trainer yields its clients in the order
+        # given, not in its rows' order): the block itself, with the weights put in row order; no gather.
+        first = min(index)
+        block = sorted(index) == list(range(first, first + len(index)))
+        if block:
+            in_rows = [0.0] * len(index)
+            for i, weight in zip(index, weights, strict=True):
+                in_rows[i - first] = weight
+            weights = in_rows
         w = torch.tensor(weights, dtype=torch.float32, device=device)
-        run = index == list(range(index[0], index[0] + len(index)))
         for k, acc in self._sums.items():
             t = chunk[k]
             if t.stride(0) == 0:  # an entry every client kept at the same value (a buffer)
                 acc.add_(t[0].to(device=device, dtype=torch.float32), alpha=sum(weights))
                 continue
             rows = t.reshape(len(t), -1)
-            rows = rows[index[0] : index[0] + len(index)] if run else rows[torch.tensor(index, device=rows.device)]
+            rows = rows[first : first + len(index)] if block else rows[torch.tensor(index, device=rows.device)]
             acc.add_(torch.mv(rows.to(device=device, dtype=torch.float32).T, w).view(acc.shape))
 
     def reduce(self, fn: Callable[[Tensor], Tensor | None]) -> None:

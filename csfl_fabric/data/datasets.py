@@ -8,6 +8,7 @@ The whole dataset is converted to tensors once; clients are index arrays into it
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from csfl_fabric.data.indices import ClientIndices
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.registry import DATASETS
 
@@ -31,7 +33,8 @@ class FederatedDataset:
         y_test: central test labels.
         num_classes: number of classes.
         input_shape: shape of one input, e.g. ``(1, 8, 8)`` or ``(60,)``.
-        client_indices: natural per-client index arrays into ``x_train`` (``None`` if the dataset has none).
+        client_indices: natural per-client index arrays into ``x_train`` (``None`` if the dataset has none); a
+            `ClientIndices` for many clients (one array, no Python object per client).
         client_test_indices: each natural client's own test samples, index arrays into ``x_test`` (LEAF's
             per-client split; ``None`` if the test set is not split by client).
     """
@@ -42,7 +45,7 @@ class FederatedDataset:
     y_test: Tensor
     num_classes: int
     input_shape: tuple[int, ...]
-    client_indices: list[np.ndarray] | None = None
+    client_indices: Sequence[np.ndarray] | None = None
     client_test_indices: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
@@ -197,7 +200,7 @@ def _split_clients(
         for part, arr in zip(parts, (x[train], y[train], x[test], y[test]), strict=True):
             part.append(arr)
     offsets = np.cumsum([0] + [len(y) for y in parts[1]])
-    client_indices = [np.arange(offsets[k], offsets[k + 1], dtype=np.int64) for k in range(len(xs))]
+    client_indices = ClientIndices(np.arange(offsets[-1], dtype=np.int64), offsets)
     x_train, y_train, x_test, y_test = (
         torch.as_tensor(np.concatenate(p), dtype=torch.float32 if i % 2 == 0 else torch.int64)
         for i, p in enumerate(parts)

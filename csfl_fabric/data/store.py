@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from csfl_fabric.data.indices import ClientIndices
 from csfl_fabric.data.loaders import ClientLoader, LoaderCache, batch_indices
 
 _MASK64 = (1 << 64) - 1
@@ -108,12 +109,12 @@ class ClientData:
 
 
 class ClientStore:
-    """The train set held once on ``device``, and one int64 index tensor per client.
+    """The train set held once on ``device``, and every client's int64 indices into it, in one tensor.
 
     Args:
         x: inputs of all clients, first dimension = samples.
         y: labels, same first dimension as ``x``.
-        client_indices: one index array into ``x`` per client (e.g. a partitioner's output).
+        client_indices: one index array into ``x`` per client (e.g. a partitioner's output), or a `ClientIndices`.
         seed: run seed; with the round and client it seeds each client's batch order.
         device: where the tensors live; they are moved there once, here. In ``dataloader`` mode they stay where
             they are and each batch is moved to ``device``.
@@ -156,17 +157,38 @@ class ClientStore:
         home = self.device if loader == "tensor" else x.device
         self.x = x.to(home)
         self.y = y.to(home)
-        arrays = [np.asarray(ix, dtype=np.int64).reshape(-1) for ix in client_indices]
-        for client_id, ix in enumerate(arrays):
-            if ix.size and (ix.min() < 0 or ix.max() >= x.shape[0]):
-                raise ValueError(f"Client {client_id} has indices outside [0, {x.shape[0]}).")
-        self._num_samples = np.array([ix.size for ix in arrays], dtype=np.int64)
-        self._indices = [torch.from_numpy(ix).to(home) for ix in arrays]
+        # One index array for all clients and their offsets into it: per-client tensors (and the Python objects
+        # around them) cost ~0.5 kB and ~7 us a client to build, 0.5 GB and 7 s for 10^6 clients (measured).
+        parts = ClientIndices.of(client_indices)
+        flat, self._offsets = parts.flat, parts.offsets
+        bad = np.flatnonzero((flat < 0) | (flat >= x.shape[0]))
+        if bad.size:
+            client_id = int(np.searchsorted(self._offsets, bad[0], side="right")) - 1
+            raise ValueError(f"Client {client_id} has indices outside [0, {x.shape[0]}).")
+        self._num_samples = parts.sizes
+        self._flat = torch.from_numpy(flat).to(home)
         self.loaders: LoaderCache | None = None
         if loader == "dataloader":
             self.loaders = LoaderCache(
-                lambda c: ClientLoader(self.x, self.y, self._indices[c], num_workers, self.device), max_cached_loaders
+                lambda c: ClientLoader(self.x, self.y, self._slice(c), num_workers, self.device), max_cached_loaders
             )
+
+    def _slice(self, client_id: int) -> Tensor:
+        # A view of the one index tensor (no copy).
+        return self._flat[int(self._offsets[client_id]) : int(self._offsets[client_id + 1])]
+
+    def flat_indices(self) -> tuple[Tensor, np.ndarray]:
+        """Every client's indices in one tensor, client by client, and the ``num_clients + 1`` offsets into it.
+
+        Client ``c`` holds ``flat[offsets[c]:offsets[c + 1]]``: what a vectorised pass over all clients reads
+        (e.g. which labels each client holds) instead of ``client(c)`` once per client.
+
+        >>> store = ClientStore(torch.zeros(5), torch.zeros(5), [np.array([4, 0]), np.array([2])], seed=0)
+        >>> flat, offsets = store.flat_indices()
+        >>> flat.tolist(), offsets.tolist()
+        ([4, 0, 2], [0, 2, 3])
+        """
+        return self._flat, self._offsets.copy()
 
     def release(self) -> None:
         """Drop the cached loaders (and their worker processes); each is recreated on its client's next use."""
@@ -176,7 +198,7 @@ class ClientStore:
     @property
     def num_clients(self) -> int:
         """Number of clients."""
-        return len(self._indices)
+        return len(self._num_samples)
 
     @property
     def num_samples(self) -> np.ndarray:
@@ -191,9 +213,13 @@ class ClientStore:
         >>> store.label_histograms().tolist()
         [[1, 0, 2], [0, 1, 0]]
         """
-        y = self.y.cpu().long()
+        y = self.y.cpu().long().numpy()
         c = int(num_classes) if num_classes is not None else (int(y.max()) + 1 if len(y) else 0)
-        return np.stack([torch.bincount(y[ix.cpu()], minlength=c).numpy() for ix in self._indices]).astype(np.int64)
+        k = self.num_clients
+        # One bincount over (client, label) pairs of the flat index array: no Python loop over the clients.
+        owner = np.repeat(np.arange(k, dtype=np.int64), np.diff(self._offsets))
+        pairs = owner * c + y[self._flat.cpu().numpy()]
+        return np.bincount(pairs, minlength=k * c).reshape(k, c).astype(np.int64)
 
     def client(self, client_id: int, round_idx: int) -> ClientData:
         """The data of ``client_id`` for round ``round_idx``; the single way clients get their data."""
@@ -206,7 +232,7 @@ class ClientStore:
             num_samples=int(self._num_samples[client_id]),
             x=self.x,
             y=self.y,
-            indices=self._indices[client_id],
+            indices=self._slice(client_id),
             seed=_client_seed(self.seed, int(round_idx), int(client_id)),
             loader=None if self.loaders is None else lambda: self.loaders.get(client_id),  # type: ignore[union-attr]
             device=None if self.loaders is None else self.device,

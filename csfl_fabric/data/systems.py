@@ -26,6 +26,7 @@ import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -154,9 +155,9 @@ class SystemProfiles:
     energy_budget_j: float | None = None
     bytes_budget: float | None = None
 
-    @property
+    @cached_property
     def duration(self) -> np.ndarray:
-        """Expected seconds from download to upload: compute plus two transfers."""
+        """Expected seconds from download to upload: compute plus two transfers (computed once: O(clients))."""
         return self.compute_s + 2 * self.transfer_s
 
     @property
@@ -244,6 +245,8 @@ class SystemModel:
         self.total_j = 0.0
         self._probe_s = self._probe_j = self._probe_bytes = 0.0
         self._probed = np.zeros(0, dtype=np.int64)  # this round's probed clients: they already hold the model
+        self._everyone = np.arange(self.num_clients)  # `always`: one read-only array, not one per round
+        self._everyone.setflags(write=False)
 
     def num_to_select(self, k: int) -> int:
         """How many clients to ask the selector for: ``ceil(overcommit * k)``, at most all clients."""
@@ -258,7 +261,7 @@ class SystemModel:
             rows = self.trace[(self.trace[:, 1] <= t) & (t < self.trace[:, 2])]  # type: ignore[index]
             ids = np.unique(rows[:, 0].astype(np.int64))
             return ids[ids < self.num_clients]
-        return np.arange(self.num_clients)
+        return self._everyone
 
     def record_probe(self, ids: Sequence[int], batch_size: int | None = None, gradients: bool = False,
                      train: bool = False) -> None:

@@ -73,7 +73,7 @@ def check_selection(selection: Selection, ctx: SelectionContext, key: str, allow
         problem = f"returned ids of dtype {ids.dtype}; ids must be integers"
     elif len(ids) > ctx.k:
         problem = f"returned {len(ids)} ids but k={ctx.k}"
-    elif not np.isin(ids, ctx.available).all():
+    elif not _all_in(ids, ctx.available):
         problem = f"selected unavailable clients {sorted(set(ids.tolist()) - set(ctx.available.tolist()))[:5]}"
     elif not allows_duplicates and len(np.unique(ids)) != len(ids):
         problem = "selected a client twice"
@@ -98,6 +98,14 @@ def _extras_problem(selection: Selection, n: int) -> str:
     return ""
 
 
+def _all_in(ids: np.ndarray, available: np.ndarray) -> bool:
+    """Whether every id is in the sorted ``available``: O(k log n) (`np.isin` sorts both, O(n log n) a round)."""
+    if len(available) == 0:
+        return len(ids) == 0
+    at = np.searchsorted(available, ids).clip(max=len(available) - 1)
+    return bool((available[at] == ids).all())
+
+
 def check_param(name: str, value: object, ok: bool, hint: str) -> None:
     """Raise a one-line `ConfigError` naming ``selector.params.<name>`` when ``ok`` is False.
 
@@ -120,6 +128,28 @@ def check_number(name: str, value: object, ok: Callable[[float], bool], hint: st
     """
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     check_param(name, value, is_number and ok(float(value)), hint)  # type: ignore[arg-type]
+
+
+def top_stable(values: np.ndarray, m: int) -> np.ndarray:
+    """``np.argsort(-values, kind="stable")[:m]`` in O(n + m log m) instead of O(n log n).
+
+    The positions of the ``m`` largest values, largest first, ties in position order: the same array, so a
+    selector that draws from it draws the same clients (a full sort of 10^6 clients costs ~80 ms a round).
+
+    >>> top_stable(np.array([1.0, 3.0, 2.0, 3.0, 2.0]), 4).tolist()
+    [1, 3, 2, 4]
+    """
+    values = np.asarray(values)
+    m = max(0, min(int(m), len(values)))
+    if m == len(values) or np.isnan(values).any():
+        return np.argsort(-values, kind="stable")[:m]
+    if m == 0:
+        return np.zeros(0, dtype=np.intp)
+    neg = -values
+    kth = np.partition(neg, m - 1)[m - 1]  # the m-th largest value, negated
+    better = np.flatnonzero(neg < kth)
+    chosen = np.sort(np.concatenate([better, np.flatnonzero(neg == kth)[: m - len(better)]]))
+    return chosen[np.argsort(neg[chosen], kind="stable")]
 
 
 def size_probs(ctx: SelectionContext) -> np.ndarray:

@@ -1,15 +1,19 @@
 """CohortTrainer: the clients of a round trained together with ``torch.func`` over stacked params.
 
 Each chunk of ``cohort_size`` clients becomes one model with a leading client dimension on every
-parameter. One step runs ``vmap(grad(functional_call(...)))`` over that dimension on a padded batch of
-shape ``(clients, batch, ...)``; a per-sample mask keeps the padding out of losses and gradients, and a
-per-client ``active`` flag gates the optimizer update, so momentum, weight decay and Adam do not move a
-client that has finished its steps. Every client sees exactly the batches the sequential trainer gives
-it (`ClientData.batch_indices`), so both backends agree to float rounding on dropout-free models.
+parameter. A local step runs ``vmap(grad(functional_call(...)))`` over that dimension on a batch of shape
+``(clients, batch, ...)``. Uneven clients pad little: the chunk's rows are its clients longest first, so a
+step trains only the rows ``0:m`` of the clients still training (a finished client is neither computed nor
+moved, so momentum, weight decay and Adam leave it alone), and a step whose batches differ in size is cut
+into blocks of similar width (`split_rows`), each padded only to its widest batch; a per-sample mask keeps
+that padding out of losses and gradients. Every client sees exactly the batches the sequential trainer
+gives it (`ClientData.batch_indices`), so both backends agree to float rounding on dropout-free models;
+clients are yielded in the order given.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,14 +23,13 @@ import torch.nn.functional as F
 from lightning.fabric import Fabric
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
-from torch.nn.utils.rnn import pad_sequence
 from typing_extensions import override
 
 from csfl_fabric.data.store import ClientData
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.state import ClientResult, Params
 from csfl_fabric.training.flat import ChunkRow, l2_norm
-from csfl_fabric.training.optim import FunctionalOptimizer
+from csfl_fabric.training.optim import FunctionalOptimizer, Rows
 from csfl_fabric.training.sequential import ClientTrainer
 from csfl_fabric.training.settings import TrainSettings
 
@@ -58,36 +61,101 @@ def check_cohort_model(model: nn.Module) -> None:
             )
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """The padded batches of a chunk of clients: ``index``/``mask`` are ``(steps, clients, batch)``."""
+def split_rows(widths: Sequence[int], call_cost: float) -> list[tuple[int, int]]:
+    """Cut rows of batch widths ``widths`` into contiguous blocks, each to be padded to its widest row.
 
+    Minimises ``call_cost * blocks + sum(rows * width)`` over the blocks: a block is one vectorised call, which
+    costs about as much as ``call_cost`` padded samples besides its samples. Exact, by dynamic programming over
+    the runs of equal widths (at most ``batch_size`` runs when the widths fall, as the cohort orders them).
+
+    >>> split_rows([16, 16, 15, 4, 4], call_cost=16)   # one block: 16 + 5 * 16 = 96; these two: 32 + 48 + 8 = 88
+    [(0, 3), (3, 5)]
+    >>> split_rows([2, 2, 1], call_cost=16)
+    [(0, 3)]
+    """
+    runs: list[tuple[int, int]] = []  # (first row, width)
+    for i, w in enumerate(widths):
+        if not runs or runs[-1][1] != w:
+            runs.append((i, w))
+    ends = [start for start, _ in runs[1:]] + [len(widths)]
+    best, cut = [0.0], [0]  # best[j]: cost of the rows before run j; cut[j]: where its last block starts
+    for j in range(len(runs)):
+        options = []
+        widest = 0
+        for i in range(j, -1, -1):
+            widest = max(widest, runs[i][1])
+            options.append((best[i] + call_cost + (ends[j] - runs[i][0]) * widest, i))
+        cost, i = min(options)
+        best.append(cost)
+        cut.append(i)
+    blocks, j = [], len(runs)
+    while j > 0:
+        i = cut[j]
+        blocks.append((runs[i][0], ends[j - 1]))
+        j = i
+    return blocks[::-1]
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One vectorised call: plan rows ``start:stop`` at one local step; ``index``/``mask`` are ``(rows, width)``."""
+
+    start: int
+    stop: int
     index: Tensor
     mask: Tensor
-    active: Tensor
-    all_active: list[bool]
-    num_steps: list[int]
-    samples: list[int]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A chunk's batches, its clients reordered so that little is padding.
+
+    Rows are the clients longest first (most local steps), so the clients still training at step ``t`` are
+    rows ``0:m_t`` and a finished client costs nothing; among equally long ones the fullest last batch comes
+    first, so a step's partial batches fall in width and `split_rows` cuts the step into few blocks, each
+    padded only to its own widest batch. ``rows[i]`` is the row of the chunk's client ``i``.
+    """
+
+    steps: list[list[_Block]]
+    rows: list[int]
+    num_steps: list[int]  # by row
+    samples: list[int]  # by row
 
     @classmethod
-    def of(cls, clients: Sequence[ClientData], s: TrainSettings) -> _Plan:
+    def of(cls, clients: Sequence[ClientData], s: TrainSettings, call_cost: float) -> _Plan:
         per_client = [list(c.batch_indices(s.batch_size, epochs=s.local_epochs, steps=s.local_steps)) for c in clients]
-        num_steps = [len(b) for b in per_client]
-        steps, n = max(num_steps, default=0), len(clients)
-        device = clients[0].indices.device
-        # Built as Python lists and turned into tensors once: per-client tensors cost more than the chunk's step.
-        sizes = [[len(b) for b in batches] + [0] * (steps - len(batches)) for batches in per_client]
-        rows = [t * n + i for i, batches in enumerate(per_client) for t in range(len(batches))]
-        lengths = torch.tensor(sizes, dtype=torch.long).T.reshape(steps, n)
-        width = max((max(sz) for sz in sizes), default=0) if steps else 0
-        index = torch.zeros(steps * n, width, dtype=torch.long, device=device)
-        if rows:
-            # One padded gather for the whole chunk instead of one small copy per batch (kernel launches on CUDA).
-            index[torch.tensor(rows, device=device)] = pad_sequence([b for bs in per_client for b in bs], True)
-        all_active = [all(sz[t] for sz in sizes) for t in range(steps)]
-        lengths = lengths.to(device)
-        mask = torch.arange(width, device=device) < lengths.unsqueeze(-1)
-        return cls(index.view(steps, n, width), mask, lengths > 0, all_active, num_steps, [sum(sz) for sz in sizes])
+        order = sorted(range(len(clients)), key=lambda i: (-len(per_client[i]), -len(per_client[i][-1]) if
+                                                           per_client[i] else 0))
+        batches = [per_client[i] for i in order]  # by row
+        shape: list[list[tuple[int, int, list[int]]]] = []  # per step: (start, stop, widths) of each block
+        for t in range(len(batches[0]) if batches else 0):
+            widths = [len(b[t]) for b in batches if len(b) > t]  # a prefix of the rows: longest first
+            shape.append([(a, z, widths[a:z]) for a, z in split_rows(widths, call_cost)])
+        # Built on the host and moved once, with one gather of the chunk's samples: per-block tensors on the
+        # device would cost a kernel launch each (CUDA). A padded entry points at the chunk's first sample.
+        flat = [b[t] for t, blocks in enumerate(shape) for a, z, _ in blocks for b in batches[a:z]]
+        masks, positions, offset = [], [], 0
+        for _, _, widths in (block for blocks in shape for block in blocks):
+            lengths = torch.tensor(widths)
+            mask = torch.arange(max(widths)) < lengths.unsqueeze(1)
+            starts = torch.cumsum(lengths, 0) - lengths + offset
+            positions.append(torch.where(mask, starts.unsqueeze(1) + torch.arange(mask.shape[1]), 0).reshape(-1))
+            masks.append(mask)
+            offset += int(lengths.sum())
+        steps: list[list[_Block]] = [[] for _ in shape]
+        if flat:
+            device = flat[0].device
+            index = torch.cat(flat)[torch.cat(positions).to(device)]
+            mask_all = torch.cat([m.reshape(-1) for m in masks]).to(device)
+            spans = [m.numel() for m in masks]
+            parts = zip(index.split(spans), mask_all.split(spans), masks, strict=True)
+            blocks = ((t, a, z) for t, bs in enumerate(shape) for a, z, _ in bs)
+            for (t, a, z), (ix, mk, m) in zip(blocks, parts, strict=True):
+                steps[t].append(_Block(a, z, ix.view(m.shape), mk.view(m.shape)))
+        rows = [0] * len(order)
+        for row, i in enumerate(order):
+            rows[i] = row
+        return cls(steps, rows, [len(b) for b in batches], [sum(len(x) for x in b) for b in batches])
 
 
 class CohortTrainer(ClientTrainer):
@@ -103,19 +171,27 @@ class CohortTrainer(ClientTrainer):
         settings: local-training hyperparameters.
         num_classes: for the evaluation metrics.
         cohort_size: clients trained together; memory grows linearly with it (params, grads, optimizer state).
+        split_cost: what one more vectorised call costs, in padded samples (`split_rows`). None: 16 on a CPU
+            (measured for the small CNN: a call ~1.4 ms, a sample ~0.08 ms), ``inf`` on a GPU (a padded sample
+            there costs next to nothing and a call its kernel launches), which never cuts a step.
     """
 
     #: vmap's batched convolutions gain nothing from channels-last weights (measured): the cohort keeps row-major ones.
     CHANNELS_LAST = False
 
     def __init__(
-        self, fabric: Fabric, model: nn.Module, settings: TrainSettings, num_classes: int, cohort_size: int = 64
+        self, fabric: Fabric, model: nn.Module, settings: TrainSettings, num_classes: int, cohort_size: int = 64,
+        split_cost: float | None = None,
     ) -> None:
         if cohort_size < 1:
             raise ConfigError(f"Expected `train.cohort_size` to be >= 1 but got {cohort_size}.")
+        if split_cost is not None and not split_cost >= 0:
+            raise ValueError(f"Expected `split_cost` to be >= 0 but got {split_cost}.")
         check_cohort_model(model)
         super().__init__(fabric, model, settings, num_classes)
         self.cohort_size = cohort_size
+        cpu = fabric.device.type == "cpu"
+        self.split_cost = float(split_cost) if split_cost is not None else 16.0 if cpu else math.inf
         self._buffer_keys = [k for k in self.keys if k not in set(self._param_keys)]
         # in_dims: params batched over clients (shared in the first step, when all clients still hold the
         # global params: no stacked copy to make, and the forward reads one set of weights), buffers shared,
@@ -141,7 +217,7 @@ class CohortTrainer(ClientTrainer):
 
     @override
     def fit_many(self, global_params: Params, clients: Iterable[ClientData]) -> Iterator[tuple[Params, ClientResult]]:
-        """Train ``clients`` from ``global_params`` in chunks of ``cohort_size``; yield them in order.
+        """Train ``clients`` from ``global_params`` in chunks of ``cohort_size``; yield them in the order given.
 
         The first item of a chunk costs the whole chunk's training; the others come at no cost.
         Yielded params are `ChunkRow`s: views of the chunk's stacked params, which live as long as a row does.
@@ -152,50 +228,56 @@ class CohortTrainer(ClientTrainer):
 
     def _fit_chunk(self, global_params: Params, clients: Sequence[ClientData]) -> Iterator[tuple[Params, ClientResult]]:
         s, n = self.settings, len(clients)
-        plan = _Plan.of(clients, s)
+        plan = _Plan.of(clients, s, self.split_cost)
         model_tensors = dict(zip(self.keys, self._tensors, strict=True))
         start = {k: global_params[k].to(model_tensors[k]) for k in self.keys}
         buffers = {k: start[k] for k in self._buffer_keys}
-        params = {k: start[k] for k in self._param_keys}  # stacked, (clients, ...), after the first step
+        shared = {k: start[k] for k in self._param_keys}  # the first step's params: every client's start
+        # The chunk's params, one row a client in plan order; the first step writes each trained row.
+        trained = sum(b.stop - b.start for b in plan.steps[0]) if plan.steps else 0
+        stacked = {k: torch.empty(n, *v.shape, dtype=v.dtype, device=v.device) for k, v in shared.items()
+                   } if trained else {}
+        for k, v in stacked.items():
+            v[trained:] = start[k]  # clients without a sample keep the start
         optimizer = FunctionalOptimizer(s.optimizer_settings)
         self._train_mode()
         x_all, y_all = clients[0].x, clients[0].y
         loss_sum = torch.zeros(n, device=self.fabric.device)
         sq_sum = torch.zeros(n, device=self.fabric.device)
         stats = _ChunkGradStats({k: start[k] for k in self._param_keys}, n) if self.grad_stats else None
-        for t in range(len(plan.index)):
-            index = plan.index[t].reshape(-1)
-            x = x_all.index_select(0, index).view(n, -1, *x_all.shape[1:])
-            y = y_all.index_select(0, index).view(n, -1)
-            grads, losses = self._grad_step[t > 0](params, buffers, x, y, plan.mask[t])
-            if s.mu > 0:
-                # FedProx (Li et al., MLSys 2020): the gradient of mu/2 ||w - w_global||^2 is mu (w - w_global).
-                grads = {k: g.add_(params[k] - start[k], alpha=s.mu) for k, g in grads.items()}
-            if stats is not None:  # a finished client's masked gradient is exactly zero: its sums stop growing
-                stats.add(grads)
-            masked = losses.float() * plan.mask[t]
-            loss_sum += masked.sum(1)
-            sq_sum += masked.square().sum(1)
-            params = _step(optimizer, params, grads, None if plan.all_active[t] else plan.active[t], s.clip_grad_norm)
+        for t, blocks in enumerate(plan.steps):
+            for b in blocks:
+                params = shared if t == 0 else {k: v[b.start : b.stop] for k, v in stacked.items()}
+                x = x_all.index_select(0, b.index.reshape(-1)).view(*b.index.shape, *x_all.shape[1:])
+                y = y_all.index_select(0, b.index.reshape(-1)).view(b.index.shape)
+                grads, losses = self._grad_step[t > 0](params, buffers, x, y, b.mask)
+                if s.mu > 0 and t > 0:  # at the first step every client is at the global params: a zero term
+                    # FedProx (Li et al., MLSys 2020): the gradient of mu/2 ||w - w_global||^2 is mu (w - w_global).
+                    grads = {k: g.add_(params[k] - start[k], alpha=s.mu) for k, g in grads.items()}
+                if stats is not None:  # the gradient the step follows, before clipping: the block's rows only
+                    stats.add(grads, b.start, b.stop)
+                masked = losses.float() * b.mask
+                loss_sum[b.start : b.stop] += masked.sum(1)
+                sq_sum[b.start : b.stop] += masked.square().sum(1)
+                _step(optimizer, params, grads, stacked, Rows(b.start, b.stop, n, t), s.clip_grad_norm)
         # Entries no step wrote (buffers; every param when no client had a sample): the start, for every client.
-        trained = len(plan.index) > 0
-        chunk = {k: params[k] if trained and k in params else start[k].expand(n, *start[k].shape)
+        chunk = {k: stacked[k] if k in stacked else start[k].expand(n, *start[k].shape)
                  for k in self.keys if start[k].is_floating_point()}
         # The one host sync per chunk: losses, and each client's param norm for the fault guard.
         norms = torch.stack([l2_norm(t.reshape(n, -1), dim=1) for t in chunk.values()]).square().sum(0).sqrt()
         totals, squares, norms_ = torch.stack([loss_sum, sq_sum, norms.to(loss_sum.device)]).tolist()
-        rows = {k: t.unbind(0) for k, t in chunk.items()}  # one call per entry, not one per entry and client
-        for i, client in enumerate(clients):
-            entries = {k: rows[k][i] if k in rows else start[k] for k in self.keys}
-            yield ChunkRow.of(entries, chunk, i), ClientResult(
+        by_row = {k: t.unbind(0) for k, t in chunk.items()}  # one call per entry, not one per entry and client
+        for client, row in zip(clients, plan.rows, strict=True):  # in the order given, whatever the plan's
+            entries = {k: by_row[k][row] if k in by_row else start[k] for k in self.keys}
+            yield ChunkRow.of(entries, chunk, row), ClientResult(
                 client_id=client.client_id,
                 num_samples=client.num_samples,
-                num_steps=plan.num_steps[i],
-                samples_processed=plan.samples[i],
-                loss=totals[i] / max(plan.samples[i], 1),
-                loss_sq_sum=squares[i],
-                param_norm=norms_[i],
-                **(stats.result(i, plan.num_steps[i]) if stats is not None else {}),
+                num_steps=plan.num_steps[row],
+                samples_processed=plan.samples[row],
+                loss=totals[row] / max(plan.samples[row], 1),
+                loss_sq_sum=squares[row],
+                param_norm=norms_[row],
+                **(stats.result(row, plan.num_steps[row]) if stats is not None else {}),
             )
 
 
@@ -207,39 +289,37 @@ class _ChunkGradStats:
         first = next(iter(params.values()), None)
         self.sq = torch.zeros(n, dtype=torch.float32, device=first.device if first is not None else "cpu")
 
-    def add(self, grads: Params) -> None:
-        """Fold in one step's stacked gradients."""
+    def add(self, grads: Params, start: int, stop: int) -> None:
+        """Fold in one step's stacked gradients of the chunk's rows ``start:stop``."""
         for k, g in grads.items():
-            self.sums[k] += g.float()
-            self.sq += g.float().reshape(len(self.sq), -1).square().sum(1)
+            self.sums[k][start:stop] += g.float()
+            self.sq[start:stop] += g.float().reshape(stop - start, -1).square().sum(1)
 
     def result(self, i: int, steps: int) -> dict[str, Any]:
-        """Client ``i``'s ``grad_mean`` and ``grad_sq_mean`` over its ``steps`` steps."""
+        """Row ``i``'s ``grad_mean`` and ``grad_sq_mean`` over its ``steps`` steps."""
         n = max(steps, 1)
         mean = torch.cat([t[i].reshape(-1) for t in self.sums.values()]).div_(n).cpu()
         return {"grad_mean": mean, "grad_sq_mean": float(self.sq[i]) / n}
 
 
-def _step(optimizer: FunctionalOptimizer, params: Params, grads: Params, active: Tensor | None,
-          clip_grad_norm: float | None) -> Params:
-    """Params after one step of every client of a chunk (only the ``active`` ones move), written into ``grads``.
+def _step(optimizer: FunctionalOptimizer, params: Params, grads: Params, stacked: Params, rows: Rows,
+          clip_grad_norm: float | None) -> None:
+    """One step of the chunk's clients ``rows``, written into their rows of ``stacked``.
 
-    ``active`` None: every client steps. ``params`` are the shared start (one copy, broadcast) at the first
-    step and the stacked params of the previous step later. The new params overwrite the gradients, which are
-    ours and no longer needed: on a CPU, writing a separate buffer costs twice as much (5.1 vs 2.8 ms for 50
-    W-big clients, measured).
+    ``params`` are the shared start (one copy, broadcast) at the first step, and those rows of ``stacked``
+    (views) later: then the update is in place, which reads and writes as much memory as writing the result
+    over the gradients did, and less than writing a separate buffer (on a CPU, 5.1 vs 2.8 ms for 50 W-big
+    clients, measured).
     """
     if clip_grad_norm is not None:
         grads = _clip_per_client(grads, clip_grad_norm)
-    new = {}
     for k, p in params.items():
-        g = grads[k]
-        d, lr = optimizer.direction(k, g, p, active)
-        if active is None:
-            new[k] = torch.add(p, d, alpha=-lr, out=g)
+        d, lr = optimizer.direction(k, grads[k], p, rows)
+        out = stacked[k][rows.start : rows.stop]
+        if rows.step == 0:
+            torch.add(p, d, alpha=-lr, out=out)
         else:
-            new[k] = torch.where(active.view(-1, *[1] * (d.dim() - 1)), torch.add(p, d, alpha=-lr), p, out=g)
-    return new
+            out.add_(d, alpha=-lr)
 
 
 def _clip_per_client(grads: Params, max_norm: float) -> Params:
