@@ -7,7 +7,9 @@ policies, metrics.csv; W&B off). For each N and each method (``heuristic.random`
 d = 2k, ``system.oort``) a fresh process builds the run and runs 1 warm-up round, ``--rounds`` timed rounds and
 one evaluating round (neither of the last two timed... the warm-up and the evaluating round are not timed).
 
-Printed per run, in CPU seconds of the process (robust on a shared machine):
+Printed per run, in CPU seconds (robust on a shared machine): of the process for the set-up, of the main
+thread for the rounds (native helper threads of torch or the BLAS wake up now and then and would be counted
+in the process's time: at 10^4 clients they added ~3 ms a round that the wall clock did not see):
     setup     from before `build_run` to the start of round 0 (data, partition, store, selector, callbacks' start)
     select    the selector's `select` per round (pow-d's probes of its 2k candidates included)
     train     the trainer's `fit` calls per round
@@ -78,9 +80,9 @@ class Timer:
         self.setup_done: float | None = None
 
     def on_round_start(self, state: Any) -> None:
-        now = time.process_time()
+        now = time.thread_time()
         if self.started is None:
-            self.setup_done = now
+            self.setup_done = time.process_time()
         else:
             total = now - self.started
             self.rounds.append({"total": total, "select": self.select, "train": self.train})
@@ -90,11 +92,11 @@ class Timer:
         inner = getattr(obj, name)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            t = time.process_time()
+            t = time.thread_time()
             try:
                 return inner(*args, **kwargs)
             finally:
-                setattr(self, field, getattr(self, field) + time.process_time() - t)
+                setattr(self, field, getattr(self, field) + time.thread_time() - t)
 
         setattr(obj, name, timed)
 
@@ -142,7 +144,8 @@ def main() -> None:
         print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.rounds)))
         return
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
-    print(f"{PER_CLIENT} samples a client, k={K}, logreg, CPU seconds (median over {args.rounds} rounds); "
+    print(f"{PER_CLIENT} samples a client, k={K}, logreg; set-up: process CPU s, rounds: main-thread CPU ms (median "
+          f"over {args.rounds} rounds); "
           "peak = VmHWM; over imports = peak - memory after imports")
     print(f"{'method':<18}{'clients':>9}{'setup s':>9}{'select ms':>11}{'bookkeep ms':>13}{'train ms':>10}"
           f"{'round ms':>10}{'peak MiB':>10}{'data MiB':>10}{'rest B/client':>15}")
