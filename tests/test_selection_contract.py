@@ -116,5 +116,7 @@ def test_readme_methods_table_lists_every_selector() -> None:
     from tests.conftest import REPO
 
     readme = (REPO / "README.md").read_text()
-    missing = [name for name in SELECTORS.names() if f"| `{name}` |" not in readme]
+    # The package's own selectors: other tests register plug-ins of their own (from test modules) at run time.
+    builtin = [n for n in SELECTORS.names() if SELECTORS.get(n).__module__.startswith("csfl_fabric.")]
+    missing = [name for name in builtin if f"| `{name}` |" not in readme]
     assert not missing, f"add these selectors to the README's methods table: {missing}"
