@@ -8,6 +8,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any, TypeVar
 
 from csfl_fabric.errors import InvalidParamsError, UnknownNameError
@@ -129,15 +130,32 @@ class Registry:
         return len(self._entries)
 
 
+def import_user_module(name: str) -> ModuleType:
+    """Import a user's module from the working directory or PYTHONPATH (plug-ins, ``module:Class`` targets).
+
+    Raises:
+        ImportError: anything the import raised, ``sys.exit`` included, as one line (``str`` of the error) that
+            the caller puts into its own message naming the config key.
+    """
+    # The console script's sys.path starts at its bin/ folder, not the working directory users run from.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        return importlib.import_module(name)
+    except (Exception, SystemExit) as e:  # any failure inside user code (sys.exit too) is one line
+        reason = (f"it called sys.exit({e.code!r}) on import" if isinstance(e, SystemExit)
+                  else " ".join(f"{type(e).__name__}: {e}".split()))
+        raise ImportError(reason) from None
+
+
 def _import_target(kind: str, target: str) -> Callable[..., Any]:
     """The object named by ``"module:attr"``, imported from the working directory or PYTHONPATH."""
     module_name, _, attr = target.partition(":")
-    if os.getcwd() not in sys.path:  # the console script's sys.path starts at its bin/ folder
-        sys.path.append(os.getcwd())
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except Exception as e:  # user code: any failure is one line naming the target
-        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        module = import_user_module(module_name)
+        obj = getattr(module, attr)
+    except (ImportError, AttributeError) as e:
+        reason = str(e) if isinstance(e, ImportError) else " ".join(f"{type(e).__name__}: {e}".split())
         raise UnknownNameError(f"Could not load {kind} `{target}` ({reason}): write it as `module:Class` with the "
                                "module on PYTHONPATH, or use a registered name.") from None
     if not callable(obj):

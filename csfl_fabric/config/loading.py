@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
-import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from csfl_fabric.config.schema import _SHORTHAND_SECTIONS, COMPONENTS, Config
 from csfl_fabric.config.validation import validate
 from csfl_fabric.errors import ConfigError
-from csfl_fabric.registry import closest_first
+from csfl_fabric.registry import closest_first, import_user_module
 
 
 def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -114,16 +111,10 @@ def import_plugin(module: str | None, key: str = "selector.import") -> None:
     """
     if not module:
         return
-    # The console script's sys.path starts at its bin/ folder, not the working directory users run from.
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
     try:
-        importlib.import_module(module)
-    except (Exception, SystemExit) as e:  # any failure inside user code (sys.exit too) is one line naming the key
-        reason = " ".join(f"{type(e).__name__}: {e}".split())
-        if isinstance(e, SystemExit):
-            reason = f"it called sys.exit({e.code!r}) on import"
-        raise ConfigError(f"Could not import `{key}={module}` ({reason}): put the module on PYTHONPATH "
+        import_user_module(module)
+    except ImportError as e:
+        raise ConfigError(f"Could not import `{key}={module}` ({e}): put the module on PYTHONPATH "
                           "(e.g. run from its folder) and check that it imports.") from None
 
 
