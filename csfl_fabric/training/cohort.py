@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +29,7 @@ from csfl_fabric.errors import ConfigError
 from csfl_fabric.state import ClientResult, Params
 from csfl_fabric.training.flat import ChunkRow, l2_norm
 from csfl_fabric.training.optim import FunctionalOptimizer, Rows
-from csfl_fabric.training.sequential import ClientTrainer
+from csfl_fabric.training.sequential import ClientTrainer, GradStats
 from csfl_fabric.training.settings import TrainSettings
 
 
@@ -250,7 +249,7 @@ class CohortTrainer(ClientTrainer):
         x_all, y_all = clients[0].x, clients[0].y
         loss_sum = torch.zeros(n, device=self.fabric.device)
         sq_sum = torch.zeros(n, device=self.fabric.device)
-        stats = _ChunkGradStats({k: start[k] for k in self._param_keys}, n) if self.grad_stats else None
+        stats = GradStats({k: start[k] for k in self._param_keys}, n) if self.grad_stats else None
         for t, blocks in enumerate(plan.steps):
             for b in blocks:
                 params = shared if t == 0 else {k: v[b.start : b.stop] for k, v in stacked.items()}
@@ -287,27 +286,6 @@ class CohortTrainer(ClientTrainer):
                 param_norm=norms_[row],
                 **(stats.result(row, plan.num_steps[row]) if stats is not None else {}),
             )
-
-
-class _ChunkGradStats:
-    """`training.sequential.GradStats` over a chunk: per-client sums of the gradients and their squared norms."""
-
-    def __init__(self, params: Params, n: int) -> None:
-        self.sums = {k: torch.zeros((n, *p.shape), dtype=torch.float32, device=p.device) for k, p in params.items()}
-        first = next(iter(params.values()), None)
-        self.sq = torch.zeros(n, dtype=torch.float32, device=first.device if first is not None else "cpu")
-
-    def add(self, grads: Params, start: int, stop: int) -> None:
-        """Fold in one step's stacked gradients of the chunk's rows ``start:stop``."""
-        for k, g in grads.items():
-            self.sums[k][start:stop] += g.float()
-            self.sq[start:stop] += g.float().reshape(stop - start, -1).square().sum(1)
-
-    def result(self, i: int, steps: int) -> dict[str, Any]:
-        """Row ``i``'s ``grad_mean`` and ``grad_sq_mean`` over its ``steps`` steps."""
-        n = max(steps, 1)
-        mean = torch.cat([t[i].reshape(-1) for t in self.sums.values()]).div_(n).cpu()
-        return {"grad_mean": mean, "grad_sq_mean": float(self.sq[i]) / n}
 
 
 def _step(optimizer: FunctionalOptimizer, params: Params, grads: Params, stacked: Params, rows: Rows,

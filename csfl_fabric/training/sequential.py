@@ -133,7 +133,7 @@ class ClientTrainer:
         self._train_mode()
         anchor = [global_params[k] for k in self._param_keys] if s.mu > 0 else None
         per_sample: list[Tensor] = []  # concatenated once per client: no per-batch reductions
-        stats = GradStats(self._params) if self.grad_stats else None
+        stats = GradStats({str(i): p for i, p in enumerate(self._params)}) if self.grad_stats else None
         seen = steps = 0
         for x, y in client.batches(s.batch_size, epochs=s.local_epochs, steps=s.local_steps):
             with self._precision.forward_context():
@@ -147,7 +147,8 @@ class ClientTrainer:
                 grads = [p.grad for p in self._params]
                 torch._foreach_add_(grads, torch._foreach_sub(self._params, anchor), alpha=s.mu)
             if stats is not None:  # the gradient the step follows, before any clipping
-                stats.add([p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params])
+                stats.add({str(i): (p.grad if p.grad is not None else torch.zeros_like(p)).unsqueeze(0)
+                           for i, p in enumerate(self._params)})
             if s.clip_grad_norm is not None:
                 self.fabric.clip_gradients(self.model, self.optimizer, max_norm=s.clip_grad_norm)
             self._step()
@@ -164,7 +165,7 @@ class ClientTrainer:
             loss=total / max(seen, 1),
             loss_sq_sum=sq_total,
             param_norm=norm,
-            **(stats.result(steps) if stats is not None else {}),
+            **(stats.result(0, steps) if stats is not None else {}),
         )
         return self._views.copy(), result
 
@@ -274,30 +275,34 @@ class ClientTrainer:
 
 
 class GradStats:
-    """Running sums of a client's mini-batch gradients and of their squared norms, on the device (no host sync).
+    """Running sums of mini-batch gradients and of their squared norms, per client of ``n`` stacked ones.
 
-    >>> w = torch.zeros(2, requires_grad=True)
-    >>> stats = GradStats([w])
-    >>> stats.add([torch.tensor([1.0, 0.0])]); stats.add([torch.tensor([3.0, 0.0])])
-    >>> r = stats.result(2); r["grad_mean"].tolist(), r["grad_sq_mean"]
+    The sequential backend uses one row (``n=1``), the cohort backend one row per client of a chunk; the sums
+    stay on the device (no host sync until `result`).
+
+    >>> stats = GradStats({"w": torch.zeros(2)})
+    >>> stats.add({"w": torch.tensor([[1.0, 0.0]])}); stats.add({"w": torch.tensor([[3.0, 0.0]])})
+    >>> r = stats.result(0, steps=2); r["grad_mean"].tolist(), r["grad_sq_mean"]
     ([2.0, 0.0], 5.0)
     """
 
-    def __init__(self, params: Sequence[Tensor]) -> None:
-        self.sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-        self.sq = torch.zeros((), dtype=torch.float32, device=self.sums[0].device if self.sums else "cpu")
+    def __init__(self, params: Params, n: int = 1) -> None:
+        self.sums = {k: torch.zeros((n, *p.shape), dtype=torch.float32, device=p.device) for k, p in params.items()}
+        first = next(iter(params.values()), None)
+        self.sq = torch.zeros(n, dtype=torch.float32, device=first.device if first is not None else "cpu")
 
-    def add(self, grads: Sequence[Tensor]) -> None:
-        """Fold in one step's gradients (one per parameter, in order)."""
-        floats = [g.float() for g in grads]
-        torch._foreach_add_(self.sums, floats)
-        self.sq += torch.stack(torch._foreach_norm(floats)).square().sum()
+    def add(self, grads: Params, start: int = 0, stop: int | None = None) -> None:
+        """Fold in one step's stacked gradients (leading dimension: the rows ``start:stop``)."""
+        stop = len(self.sq) if stop is None else stop
+        for k, g in grads.items():
+            self.sums[k][start:stop] += g.float()
+            self.sq[start:stop] += g.float().reshape(stop - start, -1).square().sum(1)
 
-    def result(self, steps: int) -> dict[str, Any]:
-        """``grad_mean`` (flat float32 CPU) and ``grad_sq_mean`` over ``steps`` steps, for `ClientResult`."""
+    def result(self, i: int, steps: int) -> dict[str, Any]:
+        """Row ``i``'s ``grad_mean`` (flat, float32, CPU) and ``grad_sq_mean`` over ``steps`` steps."""
         n = max(steps, 1)
-        mean = torch.cat([t.reshape(-1) for t in self.sums]).div_(n).cpu() if self.sums else torch.zeros(0)
-        return {"grad_mean": mean, "grad_sq_mean": float(self.sq) / n}
+        mean = torch.cat([t[i].reshape(-1) for t in self.sums.values()]).div_(n).cpu() if self.sums else torch.zeros(0)
+        return {"grad_mean": mean, "grad_sq_mean": float(self.sq[i]) / n}
 
 
 def _client_stats(losses: list[Tensor], flat: Tensor | None) -> tuple[float, float, float | None]:
