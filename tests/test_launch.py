@@ -93,8 +93,8 @@ def test_two_jobs_give_the_same_run_files_as_one(tmp_path, child_path):
     parallel = csfl_fabric.compare(SMOKE, overrides=["rounds.num_rounds=2", f"logging.dir={tmp_path / 'b'}"],
                                    jobs=2, **args)
     # Assert
+    assert not parallel.study.failed, [(j.name, j.error, j.log.read_text()[-3000:]) for j in parallel.study.failed]
     assert [a for _, a in parallel.runs] == ["ran"] * 4
-    assert not parallel.study.failed
     assert parallel.study.peak_memory > 0
     for (a, _), (b, _) in zip(serial.runs, parallel.runs, strict=True):
         assert a.run_dir.name == b.run_dir.name
