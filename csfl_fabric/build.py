@@ -24,7 +24,6 @@ from csfl_callbacks.memory import (
     Release,
     emergency_cleanup,
 )
-from lightning.fabric import Fabric
 
 from csfl_fabric.callbacks.checkpoint import Checkpoint
 from csfl_fabric.callbacks.progress import RichProgress
@@ -35,6 +34,7 @@ from csfl_fabric.data.datasets import FederatedDataset
 from csfl_fabric.data.indices import ClientIndices
 from csfl_fabric.data.store import ClientStore
 from csfl_fabric.engine.distributed import fabric_strategy, launch
+from csfl_fabric.engine.fabric import Fabric
 from csfl_fabric.engine.files import make_fresh_dir
 from csfl_fabric.engine.guard import ClientGuard
 from csfl_fabric.engine.loggers import CSVMetricsLogger, WandbLogger

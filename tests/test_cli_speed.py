@@ -43,3 +43,14 @@ def test_cli_answers_in_about_the_time_of_importing_torch(args: list[str], code:
         if seconds <= 1.5 * torch_s + 0.5:
             break
     assert seconds <= 1.5 * torch_s + 0.5, f"{args}: {seconds:.2f} s against import torch {torch_s:.2f} s"
+
+
+def test_a_run_imports_only_what_it_uses(tmp_path) -> None:
+    # Fabric comes as `lightning_fabric` (not the `lightning` package, whose __init__ imports the Trainer) and the
+    # evaluation metrics are csfl_fabric's own: neither torchmetrics nor what it imports (torchvision,
+    # matplotlib) is loaded by a run on digits without W&B (scikit-learn's digits bring scipy).
+    _, proc = _timed("-c", _RUN, "run", str(SMOKE), "rounds.num_rounds=1", f"logging.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(proc.stderr.split("LOADED", 1)[1].split())
+    assert "lightning_fabric" in loaded
+    assert not loaded & (HEAVY - {"sklearn", "scipy"})

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning.fabric import Fabric
 from torch import nn
 
 from csfl_fabric.aggregation import FedAvg
 from csfl_fabric.api import run
 from csfl_fabric.data.store import ClientStore
+from csfl_fabric.engine.fabric import Fabric
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.models import cnn
 from csfl_fabric.training.cohort import CohortTrainer, _Plan, split_rows

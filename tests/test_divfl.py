@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning.fabric import Fabric
 from torch import nn
 
 from csfl_fabric.data.store import ClientStore
+from csfl_fabric.engine.fabric import Fabric
 from csfl_fabric.registry import SELECTORS
 from csfl_fabric.training.sequential import ClientTrainer, TrainSettings
 from tests.selection_fakes import FakeLoop

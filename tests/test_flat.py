@@ -7,11 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
-from lightning.fabric import Fabric
 from torch import nn
 
 from csfl_fabric.aggregation import FedAdam, FedAvg
 from csfl_fabric.data.store import ClientStore
+from csfl_fabric.engine.fabric import Fabric
 from csfl_fabric.engine.guard import all_finite
 from csfl_fabric.state import ClientResult
 from csfl_fabric.training.cohort import CohortTrainer

@@ -10,13 +10,13 @@ import pytest
 import torch
 from csfl_fabric.cohort import CohortTrainer
 from csfl_fabric.trainer import ClientTrainer, TrainSettings
-from lightning.fabric import Fabric
 
 from csfl_fabric import run
 from csfl_fabric.aggregation import FedAvg
 from csfl_fabric.build import build_run, stream
 from csfl_fabric.config import load_config
 from csfl_fabric.data.systems import BUDGET, DROPOUT, KEPT, SystemModel, SystemProfiles, admit, round_energy
+from csfl_fabric.engine.fabric import Fabric
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.selection import heuristic  # noqa: F401  (registers)
 from tests.test_cohort import _model, _store

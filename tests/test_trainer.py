@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from lightning.fabric import Fabric
 from torch import nn
 
 from csfl_fabric.data.store import ClientStore
+from csfl_fabric.engine.fabric import Fabric
 from csfl_fabric.training.sequential import ClientTrainer, TrainSettings
 
 

@@ -27,12 +27,11 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
-from lightning.fabric import Fabric
-from lightning.fabric.strategies import DDPStrategy
 from torch import Tensor, nn
 from typing_extensions import override
 
 from csfl_fabric.aggregation import Aggregator
+from csfl_fabric.engine.fabric import DDPStrategy, Fabric
 from csfl_fabric.errors import RankFailureError
 from csfl_fabric.state import ClientResult, RunState, Selection
 

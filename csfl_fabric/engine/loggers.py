@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from lightning.fabric.loggers.logger import Logger
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
+from csfl_fabric.engine.fabric import Logger, rank_zero_only
 from csfl_fabric.engine.files import atomic_open, atomic_write
 from csfl_fabric.engine.resume import WANDB_ID_FILE
 from csfl_fabric.state import Selection

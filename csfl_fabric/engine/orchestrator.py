@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 from csfl_callbacks.dispatch import HookDispatcher
-from lightning.fabric import Fabric
 from torch import Tensor
 
 from csfl_fabric.aggregation import Aggregator
 from csfl_fabric.data.store import ClientData, ClientStore
 from csfl_fabric.data.systems import RoundPlan, SystemModel
 from csfl_fabric.engine.distributed import Ranks
+from csfl_fabric.engine.fabric import Fabric
 from csfl_fabric.engine.guard import ClientGuard
 from csfl_fabric.engine.loggers import WandbLogger, write_json
 from csfl_fabric.engine.rng import global_rng_state, set_global_rng_state

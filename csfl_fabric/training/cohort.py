@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from lightning.fabric import Fabric
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from typing_extensions import override
 
 from csfl_fabric.data.store import ClientData
+from csfl_fabric.engine.fabric import Fabric
 from csfl_fabric.errors import ConfigError
 from csfl_fabric.state import ClientResult, Params
 from csfl_fabric.training.flat import ChunkRow, l2_norm

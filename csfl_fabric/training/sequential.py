@@ -8,18 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.fabric import Fabric
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
 
 from csfl_fabric.data.store import ClientData
+from csfl_fabric.engine.fabric import Fabric
 from csfl_fabric.state import ClientResult, Params
+from csfl_fabric.training.evaluation import ConfusionMatrix
 from csfl_fabric.training.flat import FlatParams, flat_of, flatten_module, l2_norm
 from csfl_fabric.training.optim import FunctionalOptimizer
 from csfl_fabric.training.settings import TrainSettings
@@ -82,13 +76,8 @@ class ClientTrainer:
         # client. A scaler must unscale inside torch.optim's step, so that path keeps torch.optim.
         self._functional = getattr(self._precision, "scaler", None) is None
         self._opt = FunctionalOptimizer(settings.optimizer_settings)
-        # Every rank evaluates the whole test set itself: torchmetrics must not add up the ranks' states.
-        metrics = {"acc": MulticlassAccuracy(num_classes, average="micro", sync_on_compute=False),
-                   "f1": MulticlassF1Score(num_classes, average="macro", sync_on_compute=False),
-                   "precision": MulticlassPrecision(num_classes, average="macro", sync_on_compute=False),
-                   "recall": MulticlassRecall(num_classes, average="macro", sync_on_compute=False)}
-        # One collection: metrics with the same state (all four count per-class stats) share one update per batch.
-        self._metrics = MetricCollection(metrics, compute_groups=True).to(fabric.device)
+        # Every rank evaluates the whole test set itself: its counts are never summed over the ranks.
+        self._metrics = ConfusionMatrix(num_classes, fabric.device)
 
     def release(self) -> None:
         """Free what is rebuilt on demand: gradients, optimizer state, metric states (called between clients)."""
