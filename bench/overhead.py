@@ -3,7 +3,8 @@
 The quickstart workload (digits, 100 clients, Dirichlet 0.5, 10 per round, small CNN, 1 local epoch,
 batch 16, SGD lr 0.05, 1 thread) is `bench/speed.py`'s workload W; this runs its bare and sequential
 contenders only, the same way (own processes taking turns round by round on one core, CPU time), and
-prints the ratio with the foundation's target, <= 1.10. Then `bench/startup.py`: start-up to the first round
+prints the ratio with `bench/speed.py`'s sequential target on W (<= 1.00 since the second speed wave; the
+foundation's was <= 1.10). Then `bench/startup.py`: start-up to the first round
 and peak PSS of the quickstart run against the bare loop, fresh processes one at a time (targets <= 1.15x and
 <= 1.05x); ``--startup-reps 0`` skips it.
 

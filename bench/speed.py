@@ -54,7 +54,8 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     "W-big": {"num_clients": 1000, "partition": "iid", "per_round": 50, "rounds": 10},
 }
 CONTENDERS = ("bare", "sequential", "cohort")
-TARGETS = {("sequential", "W"): 1.10, ("sequential", "W-big"): 1.10, ("cohort", "W-big"): 0.50}
+# The speed issue's targets (wave 2); the first wave's were sequential <= 1.10 and cohort <= 0.50 on W-big.
+TARGETS = {("sequential", "W"): 1.00, ("sequential", "W-big"): 1.00, ("cohort", "W"): 0.50, ("cohort", "W-big"): 0.40}
 
 
 def overrides(workload: str, device: str, precision: str, rounds: int, tmp: str) -> list[str]:

@@ -54,3 +54,14 @@ def test_a_run_imports_only_what_it_uses(tmp_path) -> None:
     loaded = set(proc.stderr.split("LOADED", 1)[1].split())
     assert "lightning_fabric" in loaded
     assert not loaded & (HEAVY - {"sklearn", "scipy"})
+
+
+def test_fabric_comes_without_torchmetrics_and_leaves_the_real_one_importable() -> None:
+    code = ("import sys\nimport csfl_fabric.engine.fabric as f\nimport lightning_fabric.utilities.imports as i\n"
+            "assert 'torchmetrics' not in sys.modules and 'lightning' not in sys.modules\n"
+            "assert f.Fabric.__module__.startswith('lightning_fabric')\n"
+            "assert i._TORCHMETRICS_GREATER_EQUAL_1_0_0 is True  # the stub carried the installed version\n"
+            "import torchmetrics\nassert hasattr(torchmetrics, 'Metric')\nprint('ok')")
+    _, proc = _timed("-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
