@@ -65,3 +65,14 @@ def test_fabric_comes_without_torchmetrics_and_leaves_the_real_one_importable() 
     _, proc = _timed("-c", code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_fabric_falls_back_to_the_lightning_package_without_the_standalone_copy() -> None:
+    # A Lightning install whose wheels do not ship `lightning_fabric`: Fabric comes from `lightning.fabric`.
+    code = ("import importlib.util as u\nfind = u.find_spec\n"
+            "u.find_spec = lambda name, *a: None if name == 'lightning_fabric' else find(name, *a)\n"
+            "import csfl_fabric.engine.fabric as f\nassert f.Fabric.__module__.startswith('lightning.fabric')\n"
+            "assert f.Logger.__module__.startswith('lightning.fabric')\nprint('ok')")
+    _, proc = _timed("-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
