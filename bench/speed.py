@@ -10,7 +10,8 @@ other for minutes) hit both alike; repetitions take the cores in turn. The ratio
 over repetitions and rounds, of each round's time against the bare loop's same round; the median seconds
 per round are printed too.
 
-Workloads (small CNN, 1 local epoch, batch 16, SGD lr 0.05, heuristic.random selection, 1 thread):
+Workloads (the speed issue's small CNN: 16/32 channels, 64 hidden, ``--model``; 1 local epoch, batch 16, SGD lr
+0.05, heuristic.random selection, 1 thread):
     W      digits, 100 clients, Dirichlet(0.5), 10 clients per round, 30 rounds
     W-big  digits, 1000 clients, iid, 50 clients per round, 10 rounds. The digits train split has only
            1,438 images, so 1000 clients hold 1 or 2 images each (562 and 438 clients) and take one
@@ -24,7 +25,7 @@ meaningful on a machine shared with other jobs (wall time there mostly measures 
 ``--clock wall`` (the default on CUDA, where work runs outside the process's CPU time) counts elapsed time.
 
     python bench/speed.py [--workloads W W-big] [--reps 5] [--device cpu] [--precision 32-true] [--clock cpu]
-        [--set train.channels_last=false ...]
+        [--model width=16 hidden=64] [--set train.channels_last=false ...]
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,18 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     "W-big": {"num_clients": 1000, "partition": "iid", "per_round": 50, "rounds": 10},
 }
 CONTENDERS = ("bare", "sequential", "cohort")
+#: The speed issue's model: the small CNN with 16/32 channels and 64 hidden units (the quickstart's has 32/64 and
+#: 128; ``--model width=32 hidden=128`` measures that one, as the first wave's tables did).
+MODEL = ("width=16", "hidden=64")
 # The speed issue's targets (wave 2); the first wave's were sequential <= 1.10 and cohort <= 0.50 on W-big.
 TARGETS = {("sequential", "W"): 1.00, ("sequential", "W-big"): 1.00, ("cohort", "W"): 0.50, ("cohort", "W-big"): 0.40}
 
 
-def overrides(workload: str, device: str, precision: str, rounds: int, tmp: str) -> list[str]:
+def overrides(workload: str, device: str, precision: str, rounds: int, tmp: str,
+              model: Sequence[str] = MODEL) -> list[str]:
     w = WORKLOADS[workload]
-    return [f"data.num_clients={w['num_clients']}", f"data.partition.name={w['partition']}",
+    return [*[f"train.model_params.{kv}" for kv in model],
+            f"data.num_clients={w['num_clients']}", f"data.partition.name={w['partition']}",
             f"rounds.clients_per_round={w['per_round']}", f"rounds.num_rounds={rounds}",
             f"rounds.eval_every={rounds}", f"fabric.accelerator={device}", f"fabric.precision={precision}",
             "logging.wandb=disabled", "logging.progress=false", f"logging.dir={tmp}"]
@@ -93,7 +99,7 @@ class RoundTimer:
 
 
 def worker(contender: str, workload: str, device: str, precision: str, clock: str, sets: list[str],
-           sync: Callable[[], None]) -> list[float]:
+           sync: Callable[[], None], model: Sequence[str] = MODEL) -> list[float]:
     """The timed rounds of one contender on one workload, in this process (round 0, the warm-up, left out)."""
     from csfl_fabric.build import build_dataset, build_run, stream
     from csfl_fabric.config import load_config
@@ -103,12 +109,13 @@ def worker(contender: str, workload: str, device: str, precision: str, clock: st
     with tempfile.TemporaryDirectory() as tmp:
         backend = [] if contender == "bare" else [f"train.backend={contender}", *sets]
         cfg = load_config(REPO / "configs" / "quickstart.yaml",
-                          [*overrides(workload, device, precision, rounds, tmp), *backend])
+                          [*overrides(workload, device, precision, rounds, tmp, model), *backend])
         if contender == "bare":
             torch.set_num_threads(1)
             dataset, parts = build_dataset(cfg)
             torch.manual_seed(0)
-            model = MODELS.build("cnn", input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+            model = MODELS.build(cfg.train.model, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
+                                 **cfg.train.model_params)
             # The selection stream: the same clients in every round as heuristic.random in the other contenders.
             times = bare_fedavg(model.to(device), dataset.x_train.to(device), dataset.y_train.to(device), parts,
                                 rounds=rounds - 1, per_round=cfg.rounds.clients_per_round, batch_size=16, lr=0.05,
@@ -150,7 +157,7 @@ def core(rep: int) -> int:
 
 
 def lockstep(contenders: list[str], workload: str, device: str, precision: str, clock: str, sets: list[str],
-             cpu: int) -> dict[str, list[float]]:
+             cpu: int, model: Sequence[str] = MODEL) -> dict[str, list[float]]:
     """One repetition: every contender in its own process, taking turns round by round; their round times."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -161,7 +168,8 @@ def lockstep(contenders: list[str], workload: str, device: str, precision: str, 
             ready_r, ready_w = os.pipe()
             go_r, go_w = os.pipe()
             cmd = [sys.executable, __file__, "--worker", c, "--workloads", workload, "--device", device, "--precision",
-                   precision, "--clock", clock, "--sync", str(ready_w), str(go_r), str(cpu), "--set", *sets]
+                   precision, "--clock", clock, "--sync", str(ready_w), str(go_r), str(cpu), "--model", *model,
+                   "--set", *sets]
             # Output to files, not pipes: a worker blocked on a full pipe would stall the turn-taking.
             out, err = (stack.enter_context(open(Path(tmp) / f"{c}.{x}", "wb")) for x in ("out", "err"))
             procs[c] = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, pass_fds=(ready_w, go_r))
@@ -194,20 +202,23 @@ def main() -> None:
     parser.add_argument("--clock", choices=list(CLOCKS), help="default: cpu on CPU, wall on CUDA")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for the csfl_fabric contenders, e.g. train.channels_last=false")
+    parser.add_argument("--model", nargs="*", default=list(MODEL), metavar="KEY=VALUE",
+                        help="the CNN's params for every contender, the bare loop included (default: %(default)s)")
     parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--sync", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     clock = args.clock or ("cpu" if args.device == "cpu" else "wall")
     if args.worker:
         sync = pipe_sync(*args.sync)
-        print(json.dumps(worker(args.worker, args.workloads[0], args.device, args.precision, clock, args.set, sync)))
+        print(json.dumps(worker(args.worker, args.workloads[0], args.device, args.precision, clock, args.set, sync,
+                                args.model)))
         return
     contenders = ["bare", *[c for c in args.contenders if c != "bare"]]
     print(f"device={args.device} precision={args.precision} clock={clock} reps={args.reps} torch={torch.__version__}"
-          + (f" set={' '.join(args.set)}" if args.set else ""))
+          f" model=cnn({', '.join(args.model)})" + (f" set={' '.join(args.set)}" if args.set else ""))
     print(f"{'workload':<10}{'contender':<12}{'median s/round':>16}{'x bare':>8}  {'target':<14}x bare in each rep")
     for workload in args.workloads:
-        reps = [lockstep(contenders, workload, args.device, args.precision, clock, args.set, core(k))
+        reps = [lockstep(contenders, workload, args.device, args.precision, clock, args.set, core(k), args.model)
                 for k in range(args.reps)]
         for contender in contenders:
             # Round r of a contender against round r of the bare loop: same clients, seconds apart.

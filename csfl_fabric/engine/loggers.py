@@ -9,7 +9,7 @@ import json
 import os
 import secrets
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +33,18 @@ BY_SIM_TIME = "by_sim_time"
 #: The W&B selection table: its file under ``<run_dir>/wandb/`` and its columns.
 SELECTION_TABLE = "selection_table.csv"
 SELECTION_COLUMNS = ("round", "client_id", "score", "prob", "sim_duration_s", "status")
+
+
+def log_metrics(loggers: Sequence[Logger], metrics: dict[str, Any], step: int) -> None:
+    """What ``fabric.log_dict`` does, without its walk of the dict for tensors.
+
+    That walk (`lightning_utilities.apply_to_collection`) cost 0.2-0.4 ms a round, ~2% of a quickstart-sized
+    round (measured): the round's metrics are Python numbers; a tensor (or NumPy number) a callback added
+    becomes one here.
+    """
+    plain = {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}
+    for logger in loggers:
+        logger.log_metrics(metrics=plain, step=step)
 
 
 class CSVMetricsLogger(Logger):

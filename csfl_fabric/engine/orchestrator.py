@@ -20,7 +20,7 @@ from csfl_fabric.data.systems import RoundPlan, SystemModel
 from csfl_fabric.engine.distributed import Ranks
 from csfl_fabric.engine.fabric import Fabric
 from csfl_fabric.engine.guard import ClientGuard
-from csfl_fabric.engine.loggers import WandbLogger, write_json
+from csfl_fabric.engine.loggers import WandbLogger, log_metrics, write_json
 from csfl_fabric.engine.rng import global_rng_state, set_global_rng_state
 from csfl_fabric.engine.telemetry import participation_summary, selection_metrics, write_participation_csv
 from csfl_fabric.errors import RunInterrupted
@@ -206,7 +206,7 @@ class Orchestrator:
 
         # 6. Callbacks may add metrics or ask to stop; then one log call per round.
         self.call("on_round_end", state=state, metrics=state.metrics, orchestrator=self)
-        self.fabric.log_dict(state.metrics, step=r)
+        log_metrics(self.fabric.loggers, state.metrics, step=r)
 
     def _train(self, selection: Selection, r: int) -> list[ClientResult]:
         state = self.state

@@ -65,7 +65,6 @@ def check_selection(selection: Selection, ctx: SelectionContext, key: str, allow
         raise SelectorError(f"Selector `{key}` in round {ctx.round}: returned a {type(selection).__name__}; "
                             "`select` must return a csfl_fabric.state.Selection.")
     ids = np.asarray(selection.ids)
-    shown = np.array2string(ids.ravel()[:10], separator=", ") + (" ..." if ids.size > 10 else "")
     problem = ""
     if ids.ndim != 1 or len(ids) == 0:
         problem = f"returned {ids.size} ids; it must return between 1 and k={ctx.k}"
@@ -80,6 +79,7 @@ def check_selection(selection: Selection, ctx: SelectionContext, key: str, allow
     else:
         problem = _extras_problem(selection, len(ids))
     if problem:
+        shown = np.array2string(ids.ravel()[:10], separator=", ") + (" ..." if ids.size > 10 else "")
         raise SelectorError(f"Selector `{key}` in round {ctx.round}: {problem} (returned ids {shown}).")
 
 
