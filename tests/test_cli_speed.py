@@ -56,23 +56,25 @@ def test_a_run_imports_only_what_it_uses(tmp_path) -> None:
     assert not loaded & (HEAVY - {"sklearn", "scipy"})
 
 
-def test_fabric_comes_without_torchmetrics_and_leaves_the_real_one_importable() -> None:
-    code = ("import sys\nimport csfl_fabric.engine.fabric as f\nimport lightning_fabric.utilities.imports as i\n"
-            "assert 'torchmetrics' not in sys.modules and 'lightning' not in sys.modules\n"
-            "assert f.Fabric.__module__.startswith('lightning_fabric')\n"
-            "assert i._TORCHMETRICS_GREATER_EQUAL_1_0_0 is True  # the stub carried the installed version\n"
-            "import torchmetrics\nassert hasattr(torchmetrics, 'Metric')\nprint('ok')")
-    _, proc = _timed("-c", code)
+def _passes_in_a_fresh_interpreter(code: str) -> None:
+    _, proc = _timed("-c", code + "\nprint('ok')")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_fabric_comes_without_torchmetrics_and_leaves_the_real_one_importable() -> None:
+    _passes_in_a_fresh_interpreter(
+        "import sys\nimport csfl_fabric.engine.fabric as f\nimport lightning_fabric.utilities.imports as i\n"
+        "assert 'torchmetrics' not in sys.modules and 'lightning' not in sys.modules\n"
+        "assert f.Fabric.__module__.startswith('lightning_fabric')\n"
+        "assert i._TORCHMETRICS_GREATER_EQUAL_1_0_0 is True  # the stub carried the installed version\n"
+        "import torchmetrics\nassert hasattr(torchmetrics, 'Metric')")
 
 
 def test_fabric_falls_back_to_the_lightning_package_without_the_standalone_copy() -> None:
     # A Lightning install whose wheels do not ship `lightning_fabric`: Fabric comes from `lightning.fabric`.
-    code = ("import importlib.util as u\nfind = u.find_spec\n"
-            "u.find_spec = lambda name, *a: None if name == 'lightning_fabric' else find(name, *a)\n"
-            "import csfl_fabric.engine.fabric as f\nassert f.Fabric.__module__.startswith('lightning.fabric')\n"
-            "assert f.Logger.__module__.startswith('lightning.fabric')\nprint('ok')")
-    _, proc = _timed("-c", code)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+    _passes_in_a_fresh_interpreter(
+        "import importlib.util as u\nfind = u.find_spec\n"
+        "u.find_spec = lambda name, *a: None if name == 'lightning_fabric' else find(name, *a)\n"
+        "import csfl_fabric.engine.fabric as f\nassert f.Fabric.__module__.startswith('lightning.fabric')\n"
+        "assert f.Logger.__module__.startswith('lightning.fabric')")
