@@ -1,7 +1,8 @@
 """Orchestrator overhead: seconds per round of the quickstart workload through csfl_fabric against a bare loop.
 
-The quickstart workload (digits, 100 clients, Dirichlet 0.5, 10 per round, small CNN, 1 local epoch,
-batch 16, SGD lr 0.05, 1 thread) is `bench/speed.py`'s workload W; this runs its bare and sequential
+The quickstart workload (digits, 100 clients, Dirichlet 0.5, 10 per round, 1 local epoch, batch 16, SGD lr
+0.05, 1 thread) with the speed issue's CNN (16/32 channels, 64 hidden: `bench/speed.py`'s default ``--model``)
+is `bench/speed.py`'s workload W; this runs its bare and sequential
 contenders only, the same way (own processes taking turns round by round on one core, CPU time), and
 prints the ratio with `bench/speed.py`'s sequential target on W (<= 1.00 since the second speed wave; the
 foundation's was <= 1.10). Then `bench/startup.py`: start-up to the first round
