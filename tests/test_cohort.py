@@ -194,6 +194,38 @@ def test_finished_clients_do_not_move() -> None:
         torch.testing.assert_close(beside_long[k], alone[k])
 
 
+def test_a_block_of_one_client_runs_unbatched_and_matches_sequential() -> None:
+    # Client 0 (25 samples, batch 4) trains alone from step 5 on; a chunk of one client is alone from the start.
+    # Those blocks must not reach vmap (which costs a one-client call ~50% more) and must still train the same.
+    store = _store()
+    fabric = Fabric(accelerator="cpu", devices=1)
+    settings = TrainSettings(batch_size=4, lr=0.05, momentum=0.9, weight_decay=0.01)
+    trainer = CohortTrainer(fabric, _model(), settings, 4)
+    batched = dict(trainer._grad_step)
+    widths: list[int] = []
+
+    def only_several(stacked: bool):  # noqa: ANN202 - the vmapped step, refusing blocks of one row
+        def call(params, buffers, x, y, mask):  # noqa: ANN001, ANN202
+            assert len(x) > 1, "a block of one client reached vmap"
+            widths.append(len(x))
+            return batched[stacked](params, buffers, x, y, mask)
+        return call
+
+    trainer._grad_step = {stacked: only_several(stacked) for stacked in (False, True)}
+    start = trainer.global_params()
+    clients = [store.client(c, round_idx=1) for c in range(store.num_clients)]
+    cohort = [({k: v.clone() for k, v in p.items()}, r) for p, r in trainer.fit_many(start, clients)]
+    alone = {k: v.clone() for k, v in trainer.fit(start, clients[0])[0].items()}
+    assert max(widths, default=0) == len(SIZES)  # the blocks of several clients still went through vmap
+    sequential = _fit_all(ClientTrainer(fabric, _model(), settings, 4), store)
+    for (p_co, r_co), (p_seq, r_seq) in zip(cohort, sequential, strict=True):
+        assert r_co.loss == pytest.approx(r_seq.loss, rel=1e-5, abs=1e-5)
+        for k in p_seq:
+            torch.testing.assert_close(p_co[k], p_seq[k], atol=1e-5, rtol=1e-5, msg=k)
+    for k in alone:
+        torch.testing.assert_close(alone[k], sequential[0][0][k], atol=1e-5, rtol=1e-5, msg=k)
+
+
 def test_batchnorm_is_rejected_with_the_module_name() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(72, 4))
     with pytest.raises(ConfigError, match=r"Module `1` \(BatchNorm2d\).*train.backend=sequential"):

@@ -203,6 +203,7 @@ class CohortTrainer(ClientTrainer):
                           randomness="different")
             for stacked in (False, True)
         }
+        self._grad_one = grad(self._loss, has_aux=True)  # a block of one client (see `_grads`)
 
     def _loss(self, params: Params, buffers: Params, x: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         # One client's masked mean loss: padded samples add exact zeros to the loss and the gradient.
@@ -211,6 +212,17 @@ class CohortTrainer(ClientTrainer):
         losses = F.cross_entropy(logits.float(), y, reduction="none")
         weights = mask.to(losses.dtype)
         return (losses * weights).sum() / weights.sum().clamp(min=1.0), losses.detach()
+
+    def _grads(self, stacked: bool, params: Params, buffers: Params, x: Tensor, y: Tensor, mask: Tensor
+               ) -> tuple[Params, Tensor]:
+        """Each row's gradients and per-sample losses, with a leading row dimension, for a block of rows."""
+        if len(x) > 1:
+            return self._grad_step[stacked](params, buffers, x, y, mask)
+        # One row (a long client's last steps, a chunk of one) runs unbatched: vmap's batching costs a one-client
+        # call 1.39 instead of 0.92 ms (small CNN, batch 3, CPU, measured); the maths is the same.
+        one = {k: v[0] for k, v in params.items()} if stacked else params
+        grads, losses = self._grad_one(one, buffers, x[0], y[0], mask[0])
+        return {k: g.unsqueeze(0) for k, g in grads.items()}, losses.unsqueeze(0)
 
     @override
     def fit(self, global_params: Params, client: ClientData) -> tuple[Params, ClientResult]:
@@ -255,7 +267,7 @@ class CohortTrainer(ClientTrainer):
                 params = shared if t == 0 else {k: v[b.start : b.stop] for k, v in stacked.items()}
                 x = x_all.index_select(0, b.index.reshape(-1)).view(*b.index.shape, *x_all.shape[1:])
                 y = y_all.index_select(0, b.index.reshape(-1)).view(b.index.shape)
-                grads, losses = self._grad_step[t > 0](params, buffers, x, y, b.mask)
+                grads, losses = self._grads(t > 0, params, buffers, x, y, b.mask)
                 if s.mu > 0 and t > 0:  # at the first step every client is at the global params: a zero term
                     # FedProx (Li et al., MLSys 2020): the gradient of mu/2 ||w - w_global||^2 is mu (w - w_global).
                     grads = {k: g.add_(params[k] - start[k], alpha=s.mu) for k, g in grads.items()}
