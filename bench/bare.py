@@ -1,6 +1,7 @@
-"""A bare, hand-written PyTorch FedAvg loop: the baseline every speed figure is a ratio against.
+"""A bare, hand-written PyTorch FedAvg loop, the baseline every speed figure is a ratio against, and a floor.
 
-No Fabric, no callbacks, no logging: one reused model, weights copied in, SGD, a weighted sum.
+`bare_fedavg`: no Fabric, no callbacks, no logging: one reused model, weights copied in, SGD, a weighted sum.
+`batched_floor`: what no backend that trains a round's clients together can undercut (see there).
 """
 
 from __future__ import annotations
@@ -46,9 +47,7 @@ def bare_fedavg(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray],
             with torch.no_grad():
                 torch._foreach_copy_(tensors, global_w)
             client = idx[c]
-            perm = client[torch.randperm(len(client), generator=gen).to(device)]
-            for b in range(0, len(perm), batch_size):
-                batch = perm[b : b + batch_size]
+            for batch in _batches(client, gen, batch_size):
                 with torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
                     logits = model(x.index_select(0, batch))
                 loss = F.cross_entropy(logits.float(), y.index_select(0, batch))
@@ -61,5 +60,51 @@ def bare_fedavg(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray],
         global_w = [a / total for a in acc]
         if device.type == "cuda":
             torch.cuda.synchronize()  # kernels run asynchronously: the round ends when they have
+        times.append(clock() - start)
+    return times
+
+
+def _batches(client: Tensor, gen: torch.Generator, batch_size: int) -> list[Tensor]:
+    """One local epoch's mini-batches of ``client``'s indices, in a fresh random order."""
+    perm = client[torch.randperm(len(client), generator=gen).to(client.device)]
+    return [perm[b : b + batch_size] for b in range(0, len(perm), batch_size)]
+
+
+def batched_floor(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray], *, rounds: int, per_round: int,
+                  batch_size: int, lr: float, seed: int = 0, autocast: bool = False,
+                  rng: np.random.Generator | None = None, clock: Callable[[], float] = time.perf_counter,
+                  before_round: Callable[[], None] | None = None) -> list[float]:
+    """Seconds per round of a lower bound on training a round's clients together (not FedAvg: a cost only).
+
+    The clients and batches of `bare_fedavg` (same ``rng``, ``seed``), but local step ``t`` of all of them is
+    one forward and backward of their ``t``-th batches concatenated, through one shared set of weights in
+    channels-last order (the faster CPU layout), and one SGD step. A cohort backend does at least this work
+    and more: each client has weights of its own after its first step, so it needs per-client gradients
+    (the same arithmetic, split into groups) and per-client updates, besides any bookkeeping. A round can
+    then take no less time than this floor, whatever the batching. Arguments as `bare_fedavg`'s.
+    """
+    rng = rng if rng is not None else np.random.default_rng(seed)
+    device = x.device
+    idx = [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts]
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    times = []
+    for _ in range(rounds):
+        if before_round is not None:
+            before_round()
+        start = clock()
+        chosen = rng.choice(len(parts), size=per_round, replace=False)
+        per_client = [_batches(idx[c], gen, batch_size) for c in chosen]
+        for t in range(max(map(len, per_client), default=0)):
+            batch = torch.cat([b[t] for b in per_client if len(b) > t])
+            with torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+                logits = model(x.index_select(0, batch))
+            loss = F.cross_entropy(logits.float(), y.index_select(0, batch))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(clock() - start)
     return times

@@ -20,6 +20,11 @@ Workloads (the speed issue's small CNN: 16/32 channels, 64 hidden, ``--model``; 
 
 Each process runs one warm-up round first and one evaluating round last; neither is timed.
 
+``floor`` is no backend but a bound (`bare.batched_floor`): each local step of a round's clients as one forward
+and backward of all their batches through shared channels-last weights. A cohort backend does that work and
+more (per-client gradients and updates), so its ratio cannot fall below the floor's on that workload: a target
+under the floor is out of any batching's reach on that machine.
+
 Clocks: ``--clock cpu`` (the default on CPU) counts the process's own CPU time per round, which stays
 meaningful on a machine shared with other jobs (wall time there mostly measures their load);
 ``--clock wall`` (the default on CUDA, where work runs outside the process's CPU time) counts elapsed time.
@@ -48,13 +53,15 @@ import torch
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
-from bare import bare_fedavg  # noqa: E402
+from bare import bare_fedavg, batched_floor  # noqa: E402
 
 WORKLOADS: dict[str, dict[str, Any]] = {
     "W": {"num_clients": 100, "partition": "dirichlet", "per_round": 10, "rounds": 30},
     "W-big": {"num_clients": 1000, "partition": "iid", "per_round": 50, "rounds": 10},
 }
-CONTENDERS = ("bare", "sequential", "cohort")
+#: Loops without csfl_fabric: the baseline, and the floor of any backend that trains a round's clients together.
+BASELINES: dict[str, Callable[..., list[float]]] = {"bare": bare_fedavg, "floor": batched_floor}
+CONTENDERS = ("bare", "sequential", "cohort", "floor")
 #: The speed issue's model: the small CNN with 16/32 channels and 64 hidden units (the quickstart's has 32/64 and
 #: 128; ``--model width=32 hidden=128`` measures that one, as the first wave's tables did).
 MODEL = ("width=16", "hidden=64")
@@ -107,20 +114,21 @@ def worker(contender: str, workload: str, device: str, precision: str, clock: st
 
     rounds = WORKLOADS[workload]["rounds"] + 2  # + a warm-up round and an evaluating round, both untimed
     with tempfile.TemporaryDirectory() as tmp:
-        backend = [] if contender == "bare" else [f"train.backend={contender}", *sets]
+        backend = [] if contender in BASELINES else [f"train.backend={contender}", *sets]
         cfg = load_config(REPO / "configs" / "quickstart.yaml",
                           [*overrides(workload, device, precision, rounds, tmp, model), *backend])
-        if contender == "bare":
+        if contender in BASELINES:
             torch.set_num_threads(1)
             dataset, parts = build_dataset(cfg)
             torch.manual_seed(0)
             model = MODELS.build(cfg.train.model, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
                                  **cfg.train.model_params)
             # The selection stream: the same clients in every round as heuristic.random in the other contenders.
-            times = bare_fedavg(model.to(device), dataset.x_train.to(device), dataset.y_train.to(device), parts,
-                                rounds=rounds - 1, per_round=cfg.rounds.clients_per_round, batch_size=16, lr=0.05,
-                                autocast=precision == "bf16-mixed", rng=stream(cfg.seed, "selection"),
-                                clock=CLOCKS[clock], before_round=sync)
+            loop = BASELINES[contender]
+            times = loop(model.to(device), dataset.x_train.to(device), dataset.y_train.to(device), parts,
+                         rounds=rounds - 1, per_round=cfg.rounds.clients_per_round, batch_size=16, lr=0.05,
+                         autocast=precision == "bf16-mixed", rng=stream(cfg.seed, "selection"),
+                         clock=CLOCKS[clock], before_round=sync)
             return times[1:]
         timer = RoundTimer(device, clock, sync)
         run = build_run(cfg, callbacks=[timer])
