@@ -14,10 +14,24 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from csfl_fabric.registry import MODELS
+
+
+def forward_flops_per_sample(model: nn.Module, sample: Tensor) -> int:
+    """FLOPs of one forward pass on one sample, counted by `torch.utils.flop_counter` (eval mode, no grad)."""
+    from torch.utils.flop_counter import FlopCounterMode  # imports triton (~85 ms): only when counting
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(sample[:1])
+    model.train(was_training)
+    return int(counter.get_total_flops())
 
 
 def _image_shape(input_shape: tuple[int, ...], model: str) -> tuple[int, int, int]:

@@ -49,6 +49,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("alpha-negative", [*RUN, "data.partition.params.alpha=-1"], "`data.partition.params.alpha=-1`"),
     ("zero-lr", [*RUN, "train.lr=0"], "`train.lr` to be > 0"),
     ("negative-momentum", [*RUN, "train.momentum=-0.1"], "`train.momentum` to be >= 0"),
+    ("negative-native-conv-flops", [*RUN, "train.native_conv_flops=-1"], "`train.native_conv_flops` to be >= 0"),
     ("ram-threshold", [*RUN, "memory.ram_threshold=1.5"], "`memory.ram_threshold` to be in (0, 1]"),
     ("target-accuracy", [*RUN, "rounds.target_accuracy=95"], "`rounds.target_accuracy` to be in (0, 1]"),
     ("target-accuracy-list", [*RUN, "rounds.target_accuracy=[0.5,high]"], "a list of such values (e.g. [0.6,0.7])"),

@@ -6,10 +6,11 @@ import torch
 
 import csfl_fabric
 from csfl_fabric.build import build_dataset, build_run
-from csfl_fabric.callbacks.study import ParticipationStats, forward_flops_per_sample, labels_present, read_selection
+from csfl_fabric.callbacks.study import ParticipationStats, labels_present, read_selection
 from csfl_fabric.data.store import ClientStore
 from csfl_fabric.engine.checkpoint import load_checkpoint
 from csfl_fabric.engine.loggers import read_metrics
+from csfl_fabric.models import forward_flops_per_sample
 from csfl_fabric.study.metrics import gini, normalized_entropy, participation_variance
 from tests.conftest import SMOKE
 

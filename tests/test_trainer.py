@@ -90,3 +90,47 @@ def test_probe_on_a_mini_batch_uses_the_clients_first_seeded_batch() -> None:
         expected = nn.functional.cross_entropy(trainer.model.module(xb), yb).item()
     assert trainer.losses(params, [client], batch_size=7)[0] == pytest.approx(expected, rel=1e-6)
     assert trainer.losses(params, [client], batch_size=7)[0] != pytest.approx(trainer.losses(params, [client])[0])
+
+
+def _cnn_trainer(settings: TrainSettings, sizes: tuple[int, ...]) -> tuple[ClientTrainer, ClientStore, list[bool]]:
+    """The speed issue's CNN (16/32 channels, ~0.68 MFLOP a digit) and a record of oneDNN's switch at each conv1."""
+    from csfl_fabric.models import cnn
+
+    torch.manual_seed(0)
+    x = torch.randn(sum(sizes), 1, 8, 8)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    bounds = np.cumsum((0, *sizes))
+    store = ClientStore(x, y, [np.arange(a, b) for a, b in zip(bounds, bounds[1:], strict=False)], seed=0)
+    model = cnn((1, 8, 8), 2, width=16, hidden=64)
+    onednn: list[bool] = []
+    model.conv1.register_forward_pre_hook(lambda *_: onednn.append(torch.backends.mkldnn.enabled))
+    return ClientTrainer(Fabric(accelerator="cpu", devices=1), model, settings, num_classes=2), store, onednn
+
+
+def test_tiny_batches_run_native_convolutions_and_train_the_same() -> None:
+    # 8e6 FLOPs / ~0.68 MFLOP a digit: batches of up to 11 digits go native. Client 0: 16 + 4, client 1: 11.
+    settings = TrainSettings(batch_size=16, lr=0.1)
+    trainer, store, onednn = _cnn_trainer(settings, (20, 11))
+    start = trainer.global_params()
+    native = [{k: v.clone() for k, v in trainer.fit(start, store.client(c, 0))[0].items()} for c in (0, 1)]
+    assert onednn[-3:] == [True, False, False]  # the FLOP count's forward ran first, with oneDNN
+    assert torch.backends.mkldnn.enabled  # switched back on after the last batch
+    always, _, flags = _cnn_trainer(TrainSettings(batch_size=16, lr=0.1, native_conv_flops=0), (20, 11))
+    reference = [{k: v.clone() for k, v in always.fit(start, store.client(c, 0))[0].items()} for c in (0, 1)]
+    assert all(flags)
+    for got, want in zip(native, reference, strict=True):
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-5, msg=k)
+
+
+def test_the_onednn_switch_is_restored_when_a_batch_raises() -> None:
+    trainer, store, _ = _cnn_trainer(TrainSettings(batch_size=4, lr=0.1), (4,))
+
+    def fail(*_: object) -> None:
+        if not torch.backends.mkldnn.enabled:  # the training forward, not the FLOP count's before it
+            raise RuntimeError("boom")
+
+    trainer.model.module.fc2.register_forward_pre_hook(fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(trainer.global_params(), store.client(0, 0))
+    assert torch.backends.mkldnn.enabled

@@ -11,24 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 from csfl_callbacks.base import Callback
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from csfl_fabric.data.systems import TRAIN_FLOPS_PER_FORWARD
 from csfl_fabric.engine.files import atomic_write
 from csfl_fabric.engine.loggers import read_metrics, write_json
+from csfl_fabric.models import forward_flops_per_sample
 from csfl_fabric.study.metrics import label_coverage, summarize
-
-
-def forward_flops_per_sample(model: nn.Module, sample: torch.Tensor) -> int:
-    """FLOPs of one forward pass on one sample, counted by `torch.utils.flop_counter` (eval mode, no grad)."""
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(sample[:1])
-    model.train(was_training)
-    return int(counter.get_total_flops())
 
 
 def labels_present(store: Any, clients_at_once: int = 2**16) -> np.ndarray:

@@ -34,6 +34,7 @@ def validate(config: Config) -> None:
     _at_least("train.eval_batch_size", c.train.eval_batch_size, 1)
     _at_least("train.num_threads", c.train.num_threads, 1)
     _at_least("train.cohort_size", c.train.cohort_size, 1)
+    _at_least("train.native_conv_flops", c.train.native_conv_flops, 0)
     _at_least("fabric.devices", c.fabric.devices, 1)
     _at_least("fabric.num_nodes", c.fabric.num_nodes, 1)
     _at_least("memory.gc_every", c.memory.gc_every, 0)

@@ -43,6 +43,7 @@ _fabric = _import_fabric()
 Fabric = _fabric.Fabric
 DDPStrategy = _fabric.strategies.DDPStrategy
 Logger = _fabric.loggers.Logger
+Precision = _fabric.plugins.Precision  # `32-true`'s plugin; the other precisions subclass it
 rank_zero_only = _fabric.utilities.rank_zero_only
 
-__all__ = ["DDPStrategy", "Fabric", "Logger", "rank_zero_only"]
+__all__ = ["DDPStrategy", "Fabric", "Logger", "Precision", "rank_zero_only"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -11,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from csfl_fabric.data.store import ClientData
-from csfl_fabric.engine.fabric import Fabric
+from csfl_fabric.engine.fabric import Fabric, Precision
+from csfl_fabric.models import forward_flops_per_sample
 from csfl_fabric.state import ClientResult, Params
 from csfl_fabric.training.evaluation import ConfusionMatrix
 from csfl_fabric.training.flat import FlatParams, flat_of, flatten_module, l2_norm
@@ -78,6 +81,10 @@ class ClientTrainer:
         self._opt = FunctionalOptimizer(settings.optimizer_settings)
         # Every rank evaluates the whole test set itself: its counts are never summed over the ranks.
         self._metrics = ConfusionMatrix(num_classes, fabric.device)
+        # Batches narrower than this run ATen's native convolutions (`_kernels`); None: found at the first batch.
+        native = (fabric.device.type == "cpu" and settings.native_conv_flops > 0 and type(self._precision) is Precision
+                  and any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()))
+        self._native_below: int | None = None if native else 0
 
     def release(self) -> None:
         """Free what is rebuilt on demand: gradients, optimizer state, metric states (called between clients)."""
@@ -125,12 +132,13 @@ class ClientTrainer:
         stats = GradStats({str(i): p for i, p in enumerate(self._params)}) if self.grad_stats else None
         seen = steps = 0
         for x, y in client.batches(s.batch_size, epochs=s.local_epochs, steps=s.local_steps):
-            with self._precision.forward_context():
-                logits = self._forward(self._precision.convert_input(x))
-            losses = F.cross_entropy(logits.float(), y, reduction="none")
-            self._zero_grad()
-            # The strategy's backward (the precision's loss scaling included) without Fabric's per-call checks.
-            self.fabric.strategy.backward(losses.mean(), None)
+            with self._kernels(x):  # the backward picks its kernels when it runs: inside too
+                with self._precision.forward_context():
+                    logits = self._forward(self._precision.convert_input(x))
+                losses = F.cross_entropy(logits.float(), y, reduction="none")
+                self._zero_grad()
+                # The strategy's backward (the precision's loss scaling included) without Fabric's per-call checks.
+                self.fabric.strategy.backward(losses.mean(), None)
             if anchor is not None:
                 # FedProx (Li et al., MLSys 2020): the gradient of mu/2 ||w - w_global||^2 is mu (w - w_global).
                 grads = [p.grad for p in self._params]
@@ -157,6 +165,21 @@ class ClientTrainer:
             **(stats.result(0, steps) if stats is not None else {}),
         )
         return self._views.copy(), result
+
+    def _kernels(self, x: Tensor) -> contextlib.AbstractContextManager[None]:
+        """ATen's native convolutions for a batch ``x`` below ``settings.native_conv_flops`` FLOPs, else oneDNN's.
+
+        oneDNN's cost per call dominates tiny batches. Measured on the 2-core VM (forward + backward, 1 thread,
+        2026-12-01): the speed issue's CNN (16/32 channels) on 8x8 digits, 2 images 0.28 ms native against
+        0.47 ms oneDNN, 8 images 0.50 vs 0.57, 12 images (8.1 MFLOP) even, 16 images 1.14 vs 0.68; the
+        quickstart's CNN (32/64 channels), 2 images 0.51 vs 0.69, 4 (10.6 MFLOP) even; on 28x28 and 32x32
+        inputs (the CNN, `femnist_cnn`, ResNet-18) oneDNN was faster from 2 images on. The choice depends on
+        the batch's width only, so a config and seed still give the same numbers.
+        """
+        if self._native_below is None:
+            flops = forward_flops_per_sample(self.model.module, self._precision.convert_input(x[:1]))
+            self._native_below = math.ceil(self.settings.native_conv_flops / max(flops, 1))
+        return _native_convolutions() if len(x) < self._native_below else contextlib.nullcontext()
 
     def _zero_grad(self) -> None:
         for p in self._params:  # what zero_grad(set_to_none=True) does, without its per-call wrappers
@@ -302,6 +325,17 @@ def _client_stats(losses: list[Tensor], flat: Tensor | None) -> tuple[float, flo
     per_sample = torch.cat(losses) if len(losses) > 1 else losses[0]
     values = torch.stack([per_sample.sum(), per_sample.dot(per_sample), *norm]).tolist()
     return values[0], values[1], values[2] if norm else None
+
+
+@contextlib.contextmanager
+def _native_convolutions() -> Iterator[None]:
+    """Switch oneDNN off inside the block; torch's switch is global, so it is restored however the block ends."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 class _EachClient:

@@ -30,6 +30,10 @@ class TrainSettings:
     clip_grad_norm: float | None = None
     eval_batch_size: int = 1024
     channels_last: bool = True
+    #: On a CPU in 32-bit precision, a training batch whose forward pass costs fewer FLOPs than this runs its
+    #: convolutions on ATen's native kernels instead of oneDNN's, whose cost per call dominates tiny batches
+    #: (see `ClientTrainer`); 0: always oneDNN.
+    native_conv_flops: float = 8e6
 
     @property
     def optimizer_settings(self) -> OptimizerSettings:
