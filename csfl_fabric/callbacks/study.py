@@ -129,10 +129,13 @@ class StudyMetrics(Callback):
         self._cohort: list[int] = []
         self._samples = self._returned = 0
         self._writes = False
+        # selection.csv, open from the first round's row to the run's end: reopening it cost ~0.15 ms a round.
+        self._selection: Any = None
 
     def on_run_start(self, state: Any, orchestrator: Any) -> None:
         """Measure the model once (bytes, FLOPs, initial accuracy) and restore totals on a resume."""
         store, run_dir = orchestrator.store, orchestrator.run_dir
+        self._close_selection()  # the file may be rewritten below: a handle would keep writing the old one
         # Every rank computes the same metrics; only rank 0 writes files, like the loggers.
         self._writes = run_dir is not None and orchestrator.fabric.global_rank == 0
         self._present = labels_present(store)
@@ -193,11 +196,14 @@ class StudyMetrics(Callback):
             **per_round, **self.totals,
         })
         if self._writes:
-            with (orchestrator.run_dir / "selection.csv").open("a") as fh:
-                fh.write(f"{state.round},{' '.join(map(str, self._cohort))}\n")
+            if self._selection is None:
+                self._selection = (orchestrator.run_dir / "selection.csv").open("a")
+            self._selection.write(f"{state.round},{' '.join(map(str, self._cohort))}\n")
+            self._selection.flush()  # a crash keeps every finished round's row, as a close would
 
     def on_run_end(self, state: Any, orchestrator: Any) -> None:
         """Add the study summary to the run summary and set it as the W&B run summary."""
+        self._close_selection()
         run_dir = orchestrator.run_dir
         if run_dir is None or not (run_dir / "metrics.csv").exists() or not self.info:
             return
@@ -206,6 +212,12 @@ class StudyMetrics(Callback):
         for logger in orchestrator.fabric.loggers:
             if hasattr(logger, "set_summary"):
                 logger.set_summary({k: v for k, v in orchestrator.summary.items() if isinstance(v, (int, float))})
+
+
+    def _close_selection(self) -> None:
+        if self._selection is not None:
+            self._selection.close()
+            self._selection = None
 
 
 def _is_nan(value: Any) -> bool:
