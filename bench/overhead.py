@@ -9,7 +9,7 @@ foundation's was <= 1.10). Then `bench/startup.py`: start-up to the first round
 and peak PSS of the quickstart run against the bare loop, fresh processes one at a time (targets <= 1.15x and
 <= 1.05x); ``--startup-reps 0`` skips it.
 
-    python bench/overhead.py [--reps 5] [--startup-reps 3] [--set train.channels_last=false ...]
+    python bench/overhead.py [--reps 5] [--startup-reps 5] [--set train.channels_last=false ...]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from speed import TARGETS, core, lockstep
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--startup-reps", type=int, default=3, help="fresh processes per contender; 0 skips")
+    parser.add_argument("--startup-reps", type=int, default=5, help="fresh processes per contender; 0 skips")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for csfl_fabric")
     args = parser.parse_args()
     reps = [lockstep(["bare", "sequential"], "W", "cpu", "32-true", "cpu", args.set, core(k)) for k in range(args.reps)]
@@ -36,7 +36,8 @@ def main() -> None:
         print(f"{name:<22}{median:>20.4f}{ratio if key == 'sequential' else 1.0:>8.2f}")
     print(f"target: csfl_fabric / bare <= {target:.2f} -> {'met' if ratio <= target else 'NOT met'}")
     if args.startup_reps:
-        print(f"\nstart-up and memory ({args.startup_reps} fresh processes each, alternating; medians)")
+        print(f"\nstart-up and memory ({args.startup_reps} fresh processes each, alternating; medians; ratios: "
+              "median over pairs (range))")
         print("\n".join(startup.table(startup.measure(args.startup_reps))))
 
 
