@@ -178,7 +178,8 @@ class ClientTrainer:
         """
         if self._native_below is None:
             flops = forward_flops_per_sample(self.model.module, self._precision.convert_input(x[:1]))
-            self._native_below = math.ceil(self.settings.native_conv_flops / max(flops, 1))
+            # No FLOPs counted (a convolution torch's counter does not know): keep oneDNN rather than guess.
+            self._native_below = math.ceil(self.settings.native_conv_flops / flops) if flops > 0 else 0
         return _native_convolutions() if len(x) < self._native_below else contextlib.nullcontext()
 
     def _zero_grad(self) -> None:
