@@ -29,17 +29,14 @@ def bare_fedavg(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray],
     ``before_round`` is called before each round, outside its time (the speed bench's lockstep).
     """
     rng = rng if rng is not None else np.random.default_rng(seed)
-    device = x.device
-    idx = [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts]
+    idx = [torch.as_tensor(p, dtype=torch.long, device=x.device) for p in parts]
     tensors = list(model.state_dict(keep_vars=True).values())
     global_w = [t.detach().clone() for t in tensors]
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    times = []
-    for _ in range(rounds):
-        if before_round is not None:
-            before_round()
-        start = clock()
+
+    def one_round() -> None:
+        nonlocal global_w
         chosen = rng.choice(len(parts), size=per_round, replace=False)
         acc = [torch.zeros_like(t, dtype=torch.float32) for t in global_w]
         total = 0.0
@@ -48,20 +45,13 @@ def bare_fedavg(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray],
                 torch._foreach_copy_(tensors, global_w)
             client = idx[c]
             for batch in _batches(client, gen, batch_size):
-                with torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
-                    logits = model(x.index_select(0, batch))
-                loss = F.cross_entropy(logits.float(), y.index_select(0, batch))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                _sgd_step(model, opt, x, y, batch, autocast)
             with torch.no_grad():
                 torch._foreach_add_(acc, [t.detach().float() for t in tensors], alpha=float(len(client)))
             total += len(client)
         global_w = [a / total for a in acc]
-        if device.type == "cuda":
-            torch.cuda.synchronize()  # kernels run asynchronously: the round ends when they have
-        times.append(clock() - start)
-    return times
+
+    return _timed(one_round, rounds, x.device, clock, before_round)
 
 
 def _batches(client: Tensor, gen: torch.Generator, batch_size: int) -> list[Tensor]:
@@ -84,27 +74,41 @@ def batched_floor(model: nn.Module, x: Tensor, y: Tensor, parts: list[np.ndarray
     then take no less time than this floor, whatever the batching. Arguments as `bare_fedavg`'s.
     """
     rng = rng if rng is not None else np.random.default_rng(seed)
-    device = x.device
-    idx = [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts]
+    idx = [torch.as_tensor(p, dtype=torch.long, device=x.device) for p in parts]
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
+
+    def one_round() -> None:
+        chosen = rng.choice(len(parts), size=per_round, replace=False)
+        per_client = [_batches(idx[c], gen, batch_size) for c in chosen]
+        for t in range(max(map(len, per_client), default=0)):
+            _sgd_step(model, opt, x, y, torch.cat([b[t] for b in per_client if len(b) > t]), autocast)
+
+    return _timed(one_round, rounds, x.device, clock, before_round)
+
+
+def _sgd_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, batch: Tensor,
+              autocast: bool) -> None:
+    """One SGD step of ``model`` on the samples ``batch`` of ``(x, y)``; the forward in bfloat16 if ``autocast``."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+        logits = model(x.index_select(0, batch))
+    loss = F.cross_entropy(logits.float(), y.index_select(0, batch))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _timed(one_round: Callable[[], None], rounds: int, device: torch.device, clock: Callable[[], float],
+           before_round: Callable[[], None] | None) -> list[float]:
+    """Run ``one_round`` ``rounds`` times; the seconds of each, ``before_round`` outside them."""
     times = []
     for _ in range(rounds):
         if before_round is not None:
             before_round()
         start = clock()
-        chosen = rng.choice(len(parts), size=per_round, replace=False)
-        per_client = [_batches(idx[c], gen, batch_size) for c in chosen]
-        for t in range(max(map(len, per_client), default=0)):
-            batch = torch.cat([b[t] for b in per_client if len(b) > t])
-            with torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
-                logits = model(x.index_select(0, batch))
-            loss = F.cross_entropy(logits.float(), y.index_select(0, batch))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        one_round()
         if device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize()  # kernels run asynchronously: the round ends when they have
         times.append(clock() - start)
     return times
