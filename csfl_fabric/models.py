@@ -23,7 +23,8 @@ from csfl_fabric.registry import MODELS
 
 def forward_flops_per_sample(model: nn.Module, sample: Tensor) -> int:
     """FLOPs of one forward pass on one sample, counted by `torch.utils.flop_counter` (eval mode, no grad)."""
-    from torch.utils.flop_counter import FlopCounterMode  # imports triton (~85 ms): only when counting
+    # Imported here: it imports triton (~85 ms), which `csfl-fabric list` and other model users need not load.
+    from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
     model.eval()

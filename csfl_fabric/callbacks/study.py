@@ -213,7 +213,6 @@ class StudyMetrics(Callback):
             if hasattr(logger, "set_summary"):
                 logger.set_summary({k: v for k, v in orchestrator.summary.items() if isinstance(v, (int, float))})
 
-
     def _close_selection(self) -> None:
         if self._selection is not None:
             self._selection.close()
