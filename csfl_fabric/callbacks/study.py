@@ -15,7 +15,6 @@ from csfl_callbacks.base import Callback
 from csfl_fabric.data.systems import TRAIN_FLOPS_PER_FORWARD
 from csfl_fabric.engine.files import atomic_write
 from csfl_fabric.engine.loggers import read_metrics, write_json
-from csfl_fabric.models import forward_flops_per_sample
 from csfl_fabric.study.metrics import label_coverage, summarize
 
 
@@ -146,10 +145,7 @@ class StudyMetrics(Callback):
             self._restore(run_dir, state.round)
             return
         initial = orchestrator.trainer.evaluate(orchestrator.global_params, *orchestrator.test_data)
-        # As the trainer runs the model: inputs in the precision's dtype, under its context (bf16-true, -mixed).
-        precision = orchestrator.fabric.strategy.precision
-        with precision.forward_context():
-            flops = forward_flops_per_sample(orchestrator.trainer.model.module, precision.convert_input(store.x[:1]))
+        flops = orchestrator.trainer.forward_flops(store.x)  # the count the trainer's kernel choice uses too
         self.info = {"initial_acc": initial["eval/acc"], "model_bytes": params_bytes(orchestrator.global_params),
                      "forward_flops_per_sample": flops}
         if info_path is not None and self._writes:

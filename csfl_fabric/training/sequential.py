@@ -85,6 +85,7 @@ class ClientTrainer:
         native = (fabric.device.type == "cpu" and settings.native_conv_flops > 0 and type(self._precision) is Precision
                   and any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()))
         self._native_below: int | None = None if native else 0
+        self._flops: int | None = None  # `forward_flops`, counted once
 
     def release(self) -> None:
         """Free what is rebuilt on demand: gradients, optimizer state, metric states (called between clients)."""
@@ -166,6 +167,13 @@ class ClientTrainer:
         )
         return self._views.copy(), result
 
+    def forward_flops(self, x: Tensor) -> int:
+        """FLOPs of the model's forward pass on one sample like ``x[0]``, as the trainer runs it; counted once."""
+        if self._flops is None:
+            with self._precision.forward_context():  # inputs in the precision's dtype, under its context
+                self._flops = forward_flops_per_sample(self.model.module, self._precision.convert_input(x[:1]))
+        return self._flops
+
     def _kernels(self, x: Tensor) -> contextlib.AbstractContextManager[None]:
         """ATen's native convolutions for a batch ``x`` below ``settings.native_conv_flops`` FLOPs, else oneDNN's.
 
@@ -177,7 +185,7 @@ class ClientTrainer:
         the batch's width only, so a config and seed still give the same numbers.
         """
         if self._native_below is None:
-            flops = forward_flops_per_sample(self.model.module, self._precision.convert_input(x[:1]))
+            flops = self.forward_flops(x)
             # No FLOPs counted (a convolution torch's counter does not know): keep oneDNN rather than guess.
             self._native_below = math.ceil(self.settings.native_conv_flops / flops) if flops > 0 else 0
         return _native_convolutions() if len(x) < self._native_below else contextlib.nullcontext()
